@@ -1,0 +1,1 @@
+"""nextscale: VAR, next-scale prediction."""

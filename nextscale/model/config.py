@@ -1,0 +1,102 @@
+"""Transformer configuration and the preset registry (keys double as CLI choices)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from nextscale.scales import SCHEDULES, ScaleSchedule, parse_patch_nums
+
+
+@dataclass
+class VARConfig:
+    depth: int = 16
+    width: int | None = None  # C; None → 64·depth (head dim 64, as every released model)
+    num_heads: int | None = None  # None → depth
+    num_classes: int = 1000  # the null (unconditional) class is index `num_classes`
+    vocab_size: int = 4096  # must equal the tokenizer's
+    latent_channels: int = 32  # Cvae, must equal the tokenizer's
+    patch_nums: tuple[int, ...] = SCHEDULES["256"]
+    mlp_ratio: float = 4.0
+    drop_path_rate: float | None = None  # None → 0.1·depth/24, as the official factory
+    label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
+    shared_adaln: bool = False  # one AdaLN Linear for all blocks plus per-block biases (the 512-px d36 model)
+    l2_norm_attention: bool = True  # L2-normalised q/k with a learned per-head temperature
+    norm_eps: float = 1e-6
+    # init_weights(): see VAR.init_weights for what each factor touches
+    init_std: float | None = None  # None → sqrt(1/(3·width))
+    init_head_scale: float = 0.02
+    init_adaln_scale: float = 0.5
+    init_adaln_gamma_scale: float = 1e-5  # the official README uses 1e-3 for d16/d20, 1e-4 d24, 1e-5 d30, 5e-6 d36
+
+    def __post_init__(self) -> None:
+        self.patch_nums = parse_patch_nums(self.patch_nums)
+        ScaleSchedule(self.patch_nums)
+        if self.width is None:
+            self.width = 64 * self.depth
+        if self.num_heads is None:
+            self.num_heads = self.depth
+        if self.drop_path_rate is None:
+            self.drop_path_rate = 0.1 * self.depth / 24
+        if self.depth < 1 or self.width < 1 or self.num_heads < 1:
+            raise ValueError(f"depth, width, heads must be positive: {self.depth}, {self.width}, {self.num_heads}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+    @property
+    def schedule(self) -> ScaleSchedule:
+        return ScaleSchedule(self.patch_nums)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def resolved_init_std(self) -> float:
+        return self.init_std if self.init_std is not None and self.init_std > 0 else math.sqrt(1 / (3 * self.width))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+# Presets hold constructor arguments (not built configs) so that overriding `depth` re-derives width, heads, drop path.
+VAR_PRESETS: dict[str, dict] = {
+    "var-d16": dict(depth=16),
+    "var-d20": dict(depth=20),
+    "var-d24": dict(depth=24),
+    "var-d30": dict(depth=30),
+    "var-d36": dict(depth=36, shared_adaln=True, patch_nums=SCHEDULES["512"]),
+    # CPU-sized models for the 32-px tokenizer preset "fmnist-32" (patch_nums 1,2,3,4,6,8)
+    "fmnist-small": dict(
+        depth=6,
+        width=256,
+        num_heads=4,
+        num_classes=10,
+        vocab_size=512,
+        latent_channels=16,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+        drop_path_rate=0.0,
+        init_adaln_gamma_scale=1e-3,
+    ),
+    "debug": dict(
+        depth=2,
+        width=64,
+        num_heads=2,
+        num_classes=10,
+        vocab_size=64,
+        latent_channels=8,
+        patch_nums=(1, 2, 3, 4),
+        drop_path_rate=0.0,
+        init_adaln_gamma_scale=1e-3,
+    ),
+}
+
+
+def var_preset(name: str, **overrides) -> VARConfig:
+    if name not in VAR_PRESETS:
+        raise KeyError(f"unknown transformer preset {name!r}; choose from {', '.join(VAR_PRESETS)}")
+    return VARConfig(**{**VAR_PRESETS[name], **overrides})

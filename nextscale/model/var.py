@@ -1,0 +1,179 @@
+"""The VAR transformer: predicts all tokens of scale k at once from the class and the scales before k.
+
+The sequence holds every scale's tokens, coarse to fine (L = Σ pn²). Position i of scale k carries the tokenizer's
+f̂ of scales < k resized to scale k (the first scale instead carries the class embedding), and its logits predict
+token i of scale k. Attention is block-causal: a token sees its own scale and all earlier ones.
+
+Letters: B batch, L all tokens, l one scale's tokens, C width, D condition dim (= C), V vocabulary, Cv latent channels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nextscale.model.blocks import AdaLNBlock, AdaLNModulation, LayerCache
+from nextscale.model.config import VARConfig
+
+
+class VAR(nn.Module):
+    def __init__(self, config: VARConfig):
+        super().__init__()
+        self.config = config
+        self.schedule = schedule = config.schedule
+        C, std = config.width, config.resolved_init_std
+        self.token_embed = nn.Linear(config.latent_channels, C)
+        self.class_embed = nn.Embedding(config.num_classes + 1, C)  # last row: the null class
+        self.start_pos = nn.Parameter(torch.empty(1, schedule.first_length, C))
+        self.pos_embed = nn.Parameter(torch.empty(1, schedule.total_length, C))
+        self.level_embed = nn.Embedding(schedule.num_scales, C)
+        self.shared_adaln = AdaLNModulation(C, C, 6) if config.shared_adaln else None
+        drop_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(
+                width=C,
+                num_heads=config.num_heads,
+                mlp_ratio=config.mlp_ratio,
+                drop_path=rate,
+                l2_norm_attention=config.l2_norm_attention,
+                shared_adaln=config.shared_adaln,
+                norm_eps=config.norm_eps,
+            )
+            for rate in drop_rates
+        )
+        self.head_norm = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
+        self.head_adaln = AdaLNModulation(C, C, 2)  # scale, shift
+        self.head = nn.Linear(C, config.vocab_size)
+        # derived from the schedule, so not saved
+        self.register_buffer("level_L", schedule.level_ids(), persistent=False)
+        self.register_buffer("attn_mask_LL", schedule.attention_mask(), persistent=False)
+        nn.init.trunc_normal_(self.start_pos, std=std)
+        nn.init.trunc_normal_(self.pos_embed, std=std)
+        self.init_weights()
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official initialisation (`init_weights` of the reference), one rule per line."""
+        cfg, depth = self.config, self.config.depth
+        std = cfg.resolved_init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std)  # every Linear: truncated normal, bias 0
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std)  # class and level embeddings
+        self.head.weight.mul_(cfg.init_head_scale)  # near-uniform initial predictions
+        self.head_adaln.linear.weight.mul_(cfg.init_adaln_scale)
+        for block in self.blocks:
+            block.attn.proj.weight.div_(math.sqrt(2 * depth))  # residual branches scaled by depth
+            block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
+            if cfg.shared_adaln:
+                block.adaln_bias.normal_().div_(math.sqrt(cfg.width))
+                block.adaln_bias[:, :, 2:].mul_(cfg.init_adaln_scale)  # scales and shifts
+                block.adaln_bias[:, :, :2].mul_(cfg.init_adaln_gamma_scale)  # gammas: blocks start near identity
+            else:
+                weight = block.adaln.linear.weight
+                weight[2 * cfg.width :].mul_(cfg.init_adaln_scale)
+                weight[: 2 * cfg.width].mul_(cfg.init_adaln_gamma_scale)
+            if cfg.l2_norm_attention:
+                block.attn.logit_scale.fill_(math.log(4.0))
+            block.attn.q_bias.zero_()
+            block.attn.v_bias.zero_()
+
+    # ---- pieces shared by teacher forcing and sampling -------------------------------------------------------------
+
+    def drop_labels(self, labels_B: torch.Tensor, rate: float | None = None) -> torch.Tensor:
+        """Replace labels by the null class with probability `rate` (global RNG, one draw per label, as official)."""
+        rate = self.config.label_dropout if rate is None else rate
+        drop_B = torch.rand(labels_B.shape[0], device=labels_B.device) < rate
+        return torch.where(drop_B, self.config.null_class, labels_B)
+
+    def check_labels(self, labels_B: torch.Tensor) -> None:
+        if labels_B.dtype not in (torch.int64, torch.int32) or labels_B.dim() != 1:
+            raise ValueError(f"labels must be a 1-D integer tensor, got {labels_B.dtype} {tuple(labels_B.shape)}")
+        if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() > self.config.null_class):
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
+                f"got {labels_B.min().item()}…{labels_B.max().item()}"
+            )
+
+    def condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """What the blocks receive: the class condition, or the shared AdaLN modulation computed once."""
+        return self.shared_adaln(cond_BD) if self.shared_adaln is not None else cond_BD
+
+    def start_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """The first scale's input: class embedding + start position + level/position embedding, (B, first_l, C)."""
+        first = self.schedule.first_length
+        sos_BlC = cond_BD.unsqueeze(1).expand(-1, first, -1) + self.start_pos.expand(cond_BD.shape[0], -1, -1)
+        return sos_BlC + (self.level_embed(self.level_L[:first]) + self.pos_embed[0, :first])
+
+    def scale_tokens(self, scale: int, input_BlCv: torch.Tensor) -> torch.Tensor:
+        """Input tokens of scale ≥ 1 from the tokenizer's resized f̂: (B, l, Cv) → (B, l, C)."""
+        begin, end = self.schedule.span(scale)
+        level_pos_lC = self.level_embed(self.level_L[begin:end]) + self.pos_embed[0, begin:end]
+        return self.token_embed(input_BlCv.float()) + level_pos_lC
+
+    def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Final AdaLN (scale, shift) and the linear head, in fp32: (B, L, V)."""
+        scale, shift = self.head_adaln(cond_BD.float()).unbind(2)
+        h = self.head_norm(x_BLC.float()).mul(scale.add(1)).add_(shift)
+        return self.head(h.float()).float()
+
+    # ---- teacher forcing --------------------------------------------------------------------------------------------
+
+    def forward(self, labels_B: torch.Tensor, teacher_input_BLCv: torch.Tensor, num_scales: int | None = None):
+        """Teacher-forced logits (B, L, V) in fp32; the targets are the concatenated token maps, with no shift.
+
+        `teacher_input_BLCv` is the tokenizer's `teacher_input` (B, L − first_l, Cv). In training mode labels are
+        dropped to the null class with probability `label_dropout`. (The official code drops labels in eval mode too;
+        the parity tests switch that off there and check the dropout mechanism separately.) With `num_scales` < K
+        only the first scales are processed (progressive training)."""
+        schedule = self.schedule
+        num_scales = schedule.num_scales if num_scales is None else num_scales
+        end = schedule.offsets[num_scales]
+        B = labels_B.shape[0]
+        if self.training and self.config.label_dropout > 0:
+            labels_B = self.drop_labels(labels_B)
+        device_type = labels_B.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            cond_BD = self.class_embed(labels_B)
+            parts = [cond_BD.unsqueeze(1).expand(B, schedule.first_length, -1) + self.start_pos.expand(B, -1, -1)]
+            if num_scales > 1:
+                parts.append(self.token_embed(teacher_input_BLCv[:, : end - schedule.first_length].float()))
+            x_BLC = torch.cat(parts, dim=1) + (self.level_embed(self.level_L[:end]) + self.pos_embed[0, :end])
+        attn_mask = self.attn_mask_LL[:end, :end]
+        cond = self.condition(cond_BD)
+        for block in self.blocks:
+            x_BLC = block(x_BLC, cond, attn_mask)
+        return self.logits(x_BLC, cond_BD)
+
+    # ---- incremental decoding ---------------------------------------------------------------------------------------
+
+    def new_cache(self) -> list[LayerCache]:
+        return [LayerCache() for _ in self.blocks]
+
+    def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
+        """One scale of KV-cached decoding: the new scale's input tokens → its logits (B, l, V). No mask is needed:
+        the cache holds exactly the earlier scales, and tokens within a scale see each other."""
+        cond = self.condition(cond_BD)
+        for block, layer_cache in zip(self.blocks, cache):
+            x_BlC = block(x_BlC, cond, None, layer_cache)
+        return self.logits(x_BlC, cond_BD)
+
+
+def cross_entropy_per_token(logits_BLV: torch.Tensor, targets_BL: torch.Tensor, label_smoothing: float = 0.0):
+    """(B, L) per-token cross-entropy, the training loss before averaging (every token weighs 1/L)."""
+    return F.cross_entropy(
+        logits_BLV.reshape(-1, logits_BLV.shape[-1]),
+        targets_BL.reshape(-1),
+        label_smoothing=label_smoothing,
+        reduction="none",
+    ).view_as(targets_BL)
