@@ -1,1 +1,38 @@
-"""nextscale: VAR, next-scale prediction."""
+"""nextscale: VAR (Visual AutoRegressive modeling), image generation by next-scale prediction.
+
+    tokenizer, model = nextscale.load_official("vae_ch160v4096z32.pth", "var_d16.pth")
+    out = nextscale.generate(model, tokenizer, [207, 360], cfg=4.0, top_k=900, top_p=0.95, seed=0)
+    out.images  # (2, 3, 256, 256) in [0, 1]
+"""
+
+from nextscale.convert import CheckpointError, load_official
+from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
+from nextscale.model.var import VAR
+from nextscale.pretrained import from_pretrained, save_pretrained
+from nextscale.sampling import SAMPLING_PRESETS, Generation, SamplingSettings, edit, generate
+from nextscale.scales import SCHEDULES, ScaleSchedule
+from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, tokenizer_preset
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SAMPLING_PRESETS",
+    "SCHEDULES",
+    "TOKENIZER_PRESETS",
+    "VAR",
+    "VAR_PRESETS",
+    "CheckpointError",
+    "Generation",
+    "SamplingSettings",
+    "ScaleSchedule",
+    "Tokenizer",
+    "TokenizerConfig",
+    "VARConfig",
+    "edit",
+    "from_pretrained",
+    "generate",
+    "load_official",
+    "save_pretrained",
+    "tokenizer_preset",
+    "var_preset",
+]

@@ -6,7 +6,7 @@ grid, h/w one scale's grid, K scales.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -92,6 +92,12 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
         patch_nums=(1, 2, 3, 4),
     ),
 }
+
+
+def tokenizer_preset(name: str, **overrides) -> TokenizerConfig:
+    if name not in TOKENIZER_PRESETS:
+        raise KeyError(f"unknown tokenizer preset {name!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
+    return replace(TOKENIZER_PRESETS[name], **overrides)
 
 
 @dataclass
