@@ -129,18 +129,25 @@ class VAR(nn.Module):
 
     # ---- teacher forcing --------------------------------------------------------------------------------------------
 
-    def forward(self, labels_B: torch.Tensor, teacher_input_BLCv: torch.Tensor, num_scales: int | None = None):
+    def forward(
+        self,
+        labels_B: torch.Tensor,
+        teacher_input_BLCv: torch.Tensor,
+        num_scales: int | None = None,
+        drop_labels: bool | None = None,
+    ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) in fp32; the targets are the concatenated token maps, with no shift.
 
         `teacher_input_BLCv` is the tokenizer's `teacher_input` (B, L − first_l, Cv). In training mode labels are
         dropped to the null class with probability `label_dropout`. (The official code drops labels in eval mode too;
         the parity tests switch that off there and check the dropout mechanism separately.) With `num_scales` < K
-        only the first scales are processed (progressive training)."""
+        only the first scales are processed (progressive training). `drop_labels=False` leaves label dropout to the
+        caller (the trainer draws it from a generator keyed by step, so N processes drop what 1 process would)."""
         schedule = self.schedule
         num_scales = schedule.num_scales if num_scales is None else num_scales
         end = schedule.offsets[num_scales]
         B = labels_B.shape[0]
-        if self.training and self.config.label_dropout > 0:
+        if (self.training if drop_labels is None else drop_labels) and self.config.label_dropout > 0:
             labels_B = self.drop_labels(labels_B)
         device_type = labels_B.device.type
         with torch.autocast(device_type=device_type, enabled=False):

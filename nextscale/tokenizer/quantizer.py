@@ -84,7 +84,8 @@ class MultiScaleQuantizer(nn.Module):
         return self.codebook(idx.long()).permute(0, 3, 1, 2)
 
     def _residual_loop(self, f_BCHW: torch.Tensor, keep_grad: bool):
-        """Yield (scale, idx_Bhw, refined embedding on the finest grid) while subtracting from the residual."""
+        """Yield (scale, idx_Bhw, refined embedding on the finest grid, the residual that was quantised) while
+        subtracting from the residual."""
         K, final = self.schedule.num_scales, self.schedule.final_side
         if f_BCHW.shape[-2:] != (final, final):
             raise ValueError(
@@ -101,7 +102,7 @@ class MultiScaleQuantizer(nn.Module):
                 h_BChw = h_BChw.detach()
             h_BCHW = self.phi(k, upsample(h_BChw, final) if k < K - 1 else h_BChw.contiguous())
             f_rest.sub_(h_BCHW.detach())
-            yield k, idx_Bhw, h_BCHW
+            yield k, idx_Bhw, h_BCHW, z_BChw
 
     @torch.no_grad()
     def quantize(self, f_BCHW: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -109,14 +110,14 @@ class MultiScaleQuantizer(nn.Module):
         f_BCHW = f_BCHW.float()
         idx_list, fhat_list = [], []
         f_hat = torch.zeros_like(f_BCHW)
-        for _, idx_Bhw, h_BCHW in self._residual_loop(f_BCHW, keep_grad=False):
+        for _, idx_Bhw, h_BCHW, _ in self._residual_loop(f_BCHW, keep_grad=False):
             f_hat.add_(h_BCHW)
             idx_list.append(idx_Bhw)
             fhat_list.append(f_hat.clone())
         return idx_list, fhat_list
 
-    def forward(self, f_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Training: (straight-through f̂, VQ loss, token maps).
+    def forward(self, f_BCHW: torch.Tensor):
+        """Training: (straight-through f̂, VQ loss, token maps, the residuals each scale quantised (B, C, h, w)).
 
         Per scale the loss adds β·MSE(sg[f̂], f) (commitment, moves the encoder) and MSE(f̂, sg[f]) (moves the
         codebook and φ), averaged over scales. Runs in fp32 regardless of autocast."""
@@ -125,14 +126,15 @@ class MultiScaleQuantizer(nn.Module):
             f_detached = f_BCHW.detach()
             f_hat = torch.zeros_like(f_detached)
             loss = f_BCHW.new_zeros(())
-            idx_list = []
-            for _, idx_Bhw, h_BCHW in self._residual_loop(f_BCHW, keep_grad=True):
+            idx_list, residuals = [], []
+            for _, idx_Bhw, h_BCHW, z_BChw in self._residual_loop(f_BCHW, keep_grad=True):
                 f_hat = f_hat + h_BCHW
                 loss = loss + self.beta * F.mse_loss(f_hat.detach(), f_BCHW) + F.mse_loss(f_hat, f_detached)
                 idx_list.append(idx_Bhw)
+                residuals.append(z_BChw.detach())
             loss = loss / self.schedule.num_scales
             f_hat_st = (f_hat.detach() - f_detached) + f_BCHW  # straight-through: value of f̂, gradient of f
-        return f_hat_st, loss, idx_list
+        return f_hat_st, loss, idx_list, residuals
 
     def fhat_from_tokens(self, idx_list: list[torch.Tensor]) -> list[torch.Tensor]:
         """Token maps of the first k ≤ K scales → cumulative f̂ (B, C, H, W) after each of them."""
@@ -150,7 +152,11 @@ class MultiScaleQuantizer(nn.Module):
                 raise ValueError(f"scale {k} must be {side}×{side}, got {tuple(h_BChw.shape[-2:])}")
             h_BChw = h_BChw.float()
             h_BCHW = self.phi(k, upsample(h_BChw, final) if k < K - 1 else h_BChw.contiguous())
-            f_hat = h_BCHW if f_hat is None else f_hat + h_BCHW
+            if f_hat is None:
+                # start from a contiguous zero map as the official code does: the embeddings arrive channels-last,
+                # and a channels-last f̂ would send the decoder down other conv kernels (~1e-4 off the reference)
+                f_hat = torch.zeros_like(h_BCHW, memory_format=torch.contiguous_format)
+            f_hat = f_hat + h_BCHW
             out.append(f_hat)
         return out
 

@@ -107,6 +107,7 @@ class TokenizerOutput:
     reconstruction: torch.Tensor
     vq_loss: torch.Tensor
     token_maps: list[torch.Tensor] = field(default_factory=list)
+    residuals: list[torch.Tensor] = field(default_factory=list)  # what each scale quantised, (B, C, h, w), detached
 
 
 class Tokenizer(nn.Module):
@@ -194,6 +195,6 @@ class Tokenizer(nn.Module):
 
     def forward(self, images_BCHW: torch.Tensor) -> TokenizerOutput:
         """Training forward: straight-through reconstruction (not clamped) and the VQ loss (β = config.beta)."""
-        f_hat_st, vq_loss, token_maps = self.quantizer(self.latent(images_BCHW))
+        f_hat_st, vq_loss, token_maps, residuals = self.quantizer(self.latent(images_BCHW))
         reconstruction = self.decoder(self.post_quant_conv(f_hat_st))
-        return TokenizerOutput(reconstruction=reconstruction, vq_loss=vq_loss, token_maps=token_maps)
+        return TokenizerOutput(reconstruction, vq_loss, token_maps, residuals)

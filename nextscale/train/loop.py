@@ -1,0 +1,288 @@
+"""One training loop for both stages; the tokenizer and the transformer plug in a `Task`.
+
+The loop owns what every run needs: distributed setup, the resumable sampler, the lr/wd schedule, logging, progress
+bars, periodic evaluation, atomic checkpoints with automatic resume, and the final export. A task owns its models,
+optimizers and the step itself. Everything random is keyed by (seed, step, sample) or restored from the checkpoint,
+so a run killed at any point and started again with the same command reaches the same weights bit for bit (CPU, fp32).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nextscale.data.sampler import ResumableDistributedSampler
+from nextscale.data.seeding import derive_seed
+from nextscale.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from nextscale.train.distributed import DistributedContext, reduce_metrics, setup_distributed
+from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta, progress_bar
+from nextscale.train.schedule import ScheduleConfig, apply_schedule
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class LoopConfig:
+    output_dir: str = "runs/var"
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 64  # images per optimizer step: all processes and accumulation steps together
+    grad_accumulation: int = 1
+    base_lr: float = 1e-4  # per 256 images: lr = base_lr × batch_size / 256
+    warmup_steps: int | None = None  # None → 2% of the run (the recipe's epochs/50)
+    lr_schedule: str = "lin0"  # flat, then linear to final_lr_ratio (see train/schedule.py for the others)
+    warmup_start_ratio: float = 0.005
+    final_lr_ratio: float = 0.01
+    weight_decay: float = 0.05
+    final_weight_decay: float | None = None  # None keeps it constant; cosine towards it otherwise
+    grad_clip: float = 2.0  # global grad-norm clip; ≤ 0 disables
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 adds a gradient scaler; CUDA)
+    seed: int = 0
+    log_every: int = 25
+    eval_every: int = 500  # 0 disables periodic evaluation (the final one still runs)
+    eval_batches: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    ema_decay: float = 0.0  # 0 disables the EMA copy of the weights
+    wrap: str = "ddp"  # ddp | fsdp | none (how the trained model is wrapped when distributed)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
+            raise ValueError("steps, batch_size and grad_accumulation must be positive")
+
+    @property
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(
+            total_steps=self.steps,
+            warmup_steps=self.warmup_steps,
+            schedule=self.lr_schedule,
+            warmup_start_ratio=self.warmup_start_ratio,
+            final_lr_ratio=self.final_lr_ratio,
+            weight_decay=self.weight_decay,
+            final_weight_decay=self.final_weight_decay,
+        )
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return PRECISIONS[self.precision]
+
+
+class StepContext:
+    """What a task's step needs from the loop: the micro-batches of this rank, autocast, accumulation, clipping."""
+
+    def __init__(self, loop: LoopConfig, dist: DistributedContext):
+        self.loop, self.dist = loop, dist
+        self.scaler = (
+            torch.amp.GradScaler("cuda", init_scale=2.0**11, growth_interval=1000)
+            if (loop.precision == "fp16" and dist.device.type == "cuda")
+            else None
+        )
+
+    @property
+    def per_rank_batch(self) -> int:
+        return self.loop.batch_size // self.dist.world_size
+
+    def autocast(self):
+        dtype = self.loop.autocast_dtype
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.dist.device.type, dtype=dtype)
+
+    def micro_batches(self, keys: list) -> list[list]:
+        size = len(keys) // self.loop.grad_accumulation
+        return [keys[i * size : (i + 1) * size] for i in range(self.loop.grad_accumulation)]
+
+    def sync_context(self, module: nn.Module, last_micro: bool):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch."""
+        if not last_micro and hasattr(module, "no_sync"):
+            return module.no_sync()
+        return nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss = loss / self.loop.grad_accumulation
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def clip_and_step(self, optimizer: torch.optim.Optimizer, parameters) -> float:
+        """Unscale, clip to `grad_clip`, step; returns the pre-clip global grad norm (NaN/inf is reported, the step
+        is skipped by the scaler in fp16 and refused otherwise)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        parameters = [p for p in parameters if p.grad is not None]
+        clip = self.loop.grad_clip if self.loop.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(parameters, clip).item()
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() > 32768.0:  # the recipe caps the fp16 loss scale
+                self.scaler.update(32768.0)
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def step_generator(self, step: int, purpose: int) -> torch.Generator:
+        """A generator keyed by (seed, step, purpose), identical on every rank."""
+        return torch.Generator().manual_seed(derive_seed(self.loop.seed, step, purpose))
+
+
+class Task:
+    """Interface of a training stage. Subclasses set `name`, build their modules in `setup` and implement the rest."""
+
+    name = "task"
+    dataset: Any  # train split: indexable by SampleKey, with len and classes
+
+    def setup(self, step_context: StepContext) -> None:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Weights to checkpoint, by file stem."""
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        raise NotImplementedError
+
+    def train_step(self, step: int, keys: list) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def export(self, directory: Path) -> None:
+        """Write the trained model(s) in the library's own format (loadable by from_pretrained / nextscale sample)."""
+        raise NotImplementedError
+
+    def config_dict(self) -> dict[str, Any]:
+        return {}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def run(task: Task, config: LoopConfig) -> Path:
+    """Train `task` to `config.steps`, resuming from the newest checkpoint under `output_dir/checkpoints` if any.
+    Returns the export directory `output_dir/model`."""
+    dist = setup_distributed()
+    output_dir = Path(config.output_dir)
+    if dist.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(dist.is_main_process, output_dir / "train.log" if dist.is_main_process else None)
+    if config.batch_size % (dist.world_size * config.grad_accumulation):
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by processes × accumulation "
+            f"({dist.world_size} × {config.grad_accumulation})"
+        )
+    torch.manual_seed(derive_seed(config.seed, dist.rank))  # drop path and other in-model randomness, per rank
+    step_context = StepContext(config, dist)
+    task.setup(step_context)
+    sampler = ResumableDistributedSampler(
+        len(task.dataset), step_context.per_rank_batch, world_size=dist.world_size, rank=dist.rank, seed=config.seed
+    )
+    checkpoints = CheckpointManager(output_dir / "checkpoints", config.keep_last, dist.is_main_process)
+    start = _resume(task, sampler, checkpoints, dist)
+    schedule = config.schedule
+    full_config = {"loop": asdict(config), task.name: task.config_dict(), "world_size": dist.world_size}
+    metrics_log = MetricLogger(output_dir, enabled=dist.is_main_process)
+    throughput = ThroughputMeter()
+    batches = iter(sampler)
+    bar = progress_bar(
+        total=config.steps,
+        initial=start,
+        description=f"train {task.name}",
+        enabled=dist.is_main_process and config.progress,
+    )
+    last = time.perf_counter()
+    step = start
+    try:
+        for step in range(start, config.steps):
+            lr, wd = 0.0, 0.0
+            for optimizer in task.optimizers().values():
+                lr, wd = apply_schedule(optimizer, step, schedule)
+            metrics = task.train_step(step, next(batches))
+            loss = metrics.get("loss", 0.0)
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"{task.name}: loss is {loss} at step {step}; stopping without saving. "
+                    f"The last good checkpoint is kept: {checkpoints.latest() or 'none yet'}"
+                )
+            now = time.perf_counter()
+            images_per_second = throughput.update(config.batch_size, now - last)
+            last = now
+            bar.update(1)
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                metrics = reduce_metrics(metrics, dist.device) if dist.is_distributed else metrics
+                metrics.update(lr=lr, weight_decay=wd, images_per_second=images_per_second or 0.0)
+                eta = throughput.eta_seconds((config.steps - step - 1) * config.batch_size)
+                metrics_log.log(step + 1, metrics)
+                bar.set_postfix_str(_postfix(metrics) + f" eta {format_eta(eta)}")
+            if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+                metrics_log.log(step + 1, task.evaluate(), prefix="eval")
+            if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+                _save(task, sampler, checkpoints, step + 1, full_config)
+        if config.steps > 0:
+            final_metrics = task.evaluate()
+            metrics_log.log(config.steps, final_metrics, prefix="eval")
+            if dist.is_main_process and final_metrics:
+                logger.info("final evaluation: %s", _postfix(final_metrics, limit=None))
+    finally:
+        bar.close()
+        metrics_log.close()
+    export_dir = output_dir / "model"
+    if dist.is_main_process:
+        task.export(export_dir)
+        logger.info("model written to %s", export_dir)
+    return export_dir
+
+
+def _postfix(metrics: dict[str, float], limit: int | None = 4) -> str:
+    keys = [k for k in metrics if not k.startswith(("scale_", "usage_"))][:limit]
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
+
+
+def _save(task: Task, sampler, checkpoints: CheckpointManager, step: int, config: dict) -> None:
+    optimizers = {name: opt.state_dict() for name, opt in task.optimizers().items()}
+    checkpoints.save(
+        step,
+        task.state_tensors(),
+        optimizer_state=optimizers,
+        state={"step": step, "sampler": sampler.state_dict(), "task": task.name},
+        config=config,
+        rng_state=capture_rng_state(),
+    )
+
+
+def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: DistributedContext) -> int:
+    checkpoint = checkpoints.load_latest(map_location=dist.device)
+    if checkpoint is None:
+        return 0
+    if checkpoint.state.get("task") not in (None, task.name):
+        raise RuntimeError(
+            f"{checkpoints.directory} holds {checkpoint.state.get('task')} checkpoints, not {task.name}: "
+            "use another output directory"
+        )
+    task.load_state_tensors(checkpoint.tensors)
+    for name, optimizer in task.optimizers().items():
+        optimizer.load_state_dict(checkpoint.optimizer[name])
+    sampler.load_state_dict(checkpoint.state["sampler"])
+    if checkpoint.rng is not None and dist.world_size == 1:
+        restore_rng_state(checkpoint.rng)
+    elif dist.world_size > 1:  # RNG states were captured on rank 0; give each rank its own stream again
+        torch.manual_seed(derive_seed(checkpoint.state["step"], dist.rank, 0x5EED))
+    step = int(checkpoint.state["step"])
+    logger.info("resumed from %s (step %d)", checkpoint.path, step)
+    return step

@@ -1,0 +1,289 @@
+"""Training the multi-scale tokenizer: reconstruction + multi-scale VQ loss, optional perceptual and GAN losses,
+per-scale codebook usage and dead-code restarts.
+
+The coarse scales see few, large residuals and tend to collapse onto a handful of codes; codes unused for a while are
+restarted on residual vectors drawn from the current batch (all scales pooled), with their optimizer moments reset.
+Letters: B batch, K scales, V vocabulary, C latent channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from nextscale.data.build import DataConfig
+from nextscale.pretrained import save_pretrained
+from nextscale.tokenizer.losses import (
+    PatchDiscriminator,
+    PerceptualLoss,
+    adaptive_gan_weight,
+    generator_adversarial_loss,
+    hinge_discriminator_loss,
+)
+from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
+from nextscale.train.distributed import unwrap_model, wrap_model
+from nextscale.train.loop import StepContext, Task
+from nextscale.train.optim import build_optimizer
+from nextscale.train.var_task import reduce_metrics_sum
+
+logger = logging.getLogger(__name__)
+
+RESTART_STREAM = 0xC0DE  # purpose id of the dead-code restart generator
+USAGE_DECAY = 0.99  # EMA of per-scale code hits
+
+
+@dataclass
+class TokenizerTrainConfig:
+    preset: str = "fmnist-32"
+    vocab_size: int | None = None  # overrides of the preset
+    patch_nums: str | None = None
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    vq_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None  # local VGG16 / LPIPS state dict
+    gan_weight: float = 0.0  # > 0 enables the patch discriminator
+    gan_start_step: int = 0
+    adaptive_gan_weight: bool = True
+    dead_code_every: int = 100  # steps between dead-code restarts; 0 disables
+    dead_code_threshold: float = 0.03  # a code is dead below this fraction of the uniform hit rate
+    data: DataConfig | None = None
+
+
+def psnr(images_BCHW: torch.Tensor, reference_BCHW: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak 1 on the [0, 1] scale)."""
+    mse_B = ((images_BCHW.clamp(-1, 1) - reference_BCHW) / 2).square().flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse_B.clamp_min(1e-10))
+
+
+class TokenizerTask(Task):
+    name = "tokenizer"
+
+    def __init__(self, config: TokenizerTrainConfig):
+        self.config = config
+        self.data = config.data or DataConfig()
+
+    def setup(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        device = ctx.dist.device
+        overrides = {}
+        if self.config.vocab_size is not None:
+            overrides["vocab_size"] = self.config.vocab_size
+        if self.config.patch_nums is not None:
+            overrides["patch_nums"] = self.config.patch_nums
+        tokenizer_config = tokenizer_preset(self.config.preset, **overrides)
+        if self.data.image_size != tokenizer_config.image_size:
+            raise ValueError(
+                f"the tokenizer preset {self.config.preset!r} takes {tokenizer_config.image_size} px images "
+                f"(final scale {tokenizer_config.patch_nums[-1]} × downsampling {tokenizer_config.downsample_factor}), "
+                f"but the data is {self.data.image_size} px: change --image-size or the preset"
+            )
+        self.dataset = self.data.build("train")
+        self.val_dataset = self._val_split()
+        torch.manual_seed(ctx.loop.seed)
+        self.tokenizer = Tokenizer(tokenizer_config).to(device)
+        self.optimizer = build_optimizer(
+            self.tokenizer, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=ctx.loop.weight_decay, betas=(0.5, 0.9)
+        )
+        self.wrapped = (
+            wrap_model(self.tokenizer, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.tokenizer
+        )
+        self.discriminator = self.disc_optimizer = None
+        if self.config.gan_weight > 0:
+            self.discriminator = PatchDiscriminator(tokenizer_config.image_channels, num_layers=2).to(device)
+            self.disc_optimizer = build_optimizer(
+                self.discriminator, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=0.0, betas=(0.5, 0.9)
+            )
+            self.disc_wrapped = (
+                wrap_model(self.discriminator, ctx.dist, ctx.loop.wrap)
+                if ctx.dist.is_distributed
+                else self.discriminator
+            )
+        self.perceptual = None
+        if self.config.perceptual_weight > 0:
+            if self.config.perceptual_weights is None:
+                raise ValueError("--perceptual-weight needs --perceptual-weights (a local VGG16 state dict)")
+            self.perceptual = PerceptualLoss(self.config.perceptual_weights).to(device)
+        K, V = tokenizer_config.schedule.num_scales, tokenizer_config.vocab_size
+        self.usage_KV = torch.full((K, V), 1.0 / V, device=device)  # EMA of each scale's code-hit distribution
+        n = sum(p.numel() for p in self.tokenizer.parameters())
+        logger.info(
+            "tokenizer %s: %.2fM parameters, %d px, scales %s",
+            self.config.preset,
+            n / 1e6,
+            tokenizer_config.image_size,
+            tokenizer_config.patch_nums,
+        )
+
+    def _val_split(self):
+        for split in ("val", "test"):
+            try:
+                return self.data.build(split)
+            except (FileNotFoundError, ValueError):
+                continue
+        return self.data.build("train")
+
+    def optimizers(self):
+        out = {"tokenizer": self.optimizer}
+        if self.disc_optimizer is not None:
+            out["discriminator"] = self.disc_optimizer
+        return out
+
+    def state_tensors(self):
+        tensors = {"tokenizer": self.tokenizer.state_dict(), "usage": {"usage_KV": self.usage_KV}}
+        if self.discriminator is not None:
+            tensors["discriminator"] = self.discriminator.state_dict()
+        return tensors
+
+    def load_state_tensors(self, tensors):
+        self.tokenizer.load_state_dict(tensors["tokenizer"])
+        self.usage_KV.copy_(tensors["usage"]["usage_KV"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(tensors["discriminator"])
+
+    def config_dict(self):
+        return {**asdict(self.config), "data": asdict(self.data), "tokenizer": self.tokenizer.config.to_dict()}
+
+    # ---- step -------------------------------------------------------------------------------------------------------
+
+    def _images(self, keys, dataset) -> torch.Tensor:
+        return torch.stack([dataset[k][0] for k in keys]).to(self.ctx.dist.device)
+
+    def train_step(self, step: int, keys: list) -> dict[str, float]:
+        ctx, cfg = self.ctx, self.config
+        self.tokenizer.train()
+        use_gan = self.discriminator is not None and step >= cfg.gan_start_step
+        micro = ctx.micro_batches(keys)
+        sums: dict[str, float] = {}
+        hits_KV = torch.zeros_like(self.usage_KV)
+        pool = []
+        fakes, reals = [], []
+        for i, micro_keys in enumerate(micro):
+            images = self._images(micro_keys, self.dataset)
+            with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast():
+                out = self.wrapped(images)
+                rec = out.reconstruction.float()
+                rec_loss = cfg.l1_weight * (rec - images).abs().mean() + cfg.l2_weight * F.mse_loss(rec, images)
+                if self.perceptual is not None:
+                    rec_loss = rec_loss + cfg.perceptual_weight * self.perceptual(rec, images)
+                loss = rec_loss + cfg.vq_weight * out.vq_loss
+                parts = {"rec_loss": rec_loss.detach(), "vq_loss": out.vq_loss.detach()}
+                if use_gan:
+                    g_loss = generator_adversarial_loss(self.discriminator(rec))
+                    weight = cfg.gan_weight
+                    if cfg.adaptive_gan_weight:
+                        last = self.tokenizer.decoder.conv_out.weight
+                        weight = weight * adaptive_gan_weight(rec_loss, g_loss, last)
+                    loss = loss + weight * g_loss
+                    parts["gan_g_loss"] = g_loss.detach()
+                ctx.backward(loss)
+            parts["loss"] = loss.detach()
+            parts["psnr"] = psnr(rec.detach(), images).mean()
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(value) / len(micro)
+            for k, idx in enumerate(out.token_maps):
+                hits_KV[k] += torch.bincount(idx.flatten(), minlength=hits_KV.shape[1]).float()
+            pool += [z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in out.residuals]
+            if use_gan:
+                fakes.append(rec.detach())
+                reals.append(images)
+        grad_norm = ctx.clip_and_step(self.optimizer, self.tokenizer.parameters())
+        if use_gan:
+            sums["gan_d_loss"] = self._discriminator_step(reals, fakes)
+        hits_KV = reduce_metrics_sum({"hits": hits_KV})["hits"]
+        self.usage_KV.mul_(USAGE_DECAY).add_(hits_KV / hits_KV.sum(1, keepdim=True), alpha=1 - USAGE_DECAY)
+        if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0:
+            sums["codes_restarted"] = float(self.restart_dead_codes(step, torch.cat(pool)))
+        sums["grad_norm"] = grad_norm
+        sums.update(self.usage_metrics())
+        return sums
+
+    def _discriminator_step(self, reals, fakes) -> float:
+        ctx = self.ctx
+        self.discriminator.train()
+        total = 0.0
+        for i, (real, fake) in enumerate(zip(reals, fakes)):
+            with ctx.sync_context(self.disc_wrapped, i == len(reals) - 1), ctx.autocast():
+                d_loss = hinge_discriminator_loss(self.disc_wrapped(real), self.disc_wrapped(fake))
+                ctx.backward(d_loss)
+            total += float(d_loss) / len(reals)
+        ctx.clip_and_step(self.disc_optimizer, self.discriminator.parameters())
+        return total
+
+    def usage_metrics(self) -> dict[str, float]:
+        """Per scale: % of the codebook with an EMA hit rate above 1% of uniform."""
+        V = self.usage_KV.shape[1]
+        used_K = (self.usage_KV > 0.01 / V).float().mean(1) * 100
+        sides = self.tokenizer.config.patch_nums
+        return {f"usage_{s}x{s}": float(u) for s, u in zip(sides, used_K)} | {"usage_all": float(used_K.mean())}
+
+    @torch.no_grad()
+    def restart_dead_codes(self, step: int, pool_NC: torch.Tensor) -> int:
+        """Move codes whose hit rate (summed over scales) is below `dead_code_threshold` × uniform onto residual
+        vectors of this batch; reset their Adam moments. Rank 0 decides and broadcasts, so replicas stay equal."""
+        V = self.usage_KV.shape[1]
+        dead_V = self.usage_KV.sum(0) < self.config.dead_code_threshold * self.usage_KV.shape[0] / V
+        count = int(dead_V.sum())
+        if count == 0:
+            return 0
+        codebook = self.tokenizer.quantizer.codebook.weight
+        generator = self.ctx.step_generator(step, RESTART_STREAM)
+        picks = torch.randint(len(pool_NC), (count,), generator=generator).to(pool_NC.device)
+        new_rows = pool_NC[picks].float() + 1e-3 * torch.randn(count, pool_NC.shape[1], generator=generator).to(
+            pool_NC.device
+        )
+        dead_idx = dead_V.nonzero().flatten()
+        codebook.data[dead_idx] = new_rows.to(codebook.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast(codebook.data, src=0)
+        state = self.optimizer.state.get(codebook, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][dead_idx] = 0
+        self.usage_KV[:, dead_idx] = 1.0 / V  # give the restarted codes a grace period
+        return count
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation PSNR (dB), L1 and per-scale codebook usage (% of codes used at least once)."""
+        ctx = self.ctx
+        self.tokenizer.eval()
+        size = ctx.per_rank_batch
+        count = min(len(self.val_dataset), ctx.loop.eval_batches * size * ctx.dist.world_size)
+        indices = list(range(ctx.dist.rank, count, ctx.dist.world_size))
+        K, V = self.usage_KV.shape
+        sums = {
+            "psnr": torch.zeros((), device=ctx.dist.device),
+            "l1": torch.zeros((), device=ctx.dist.device),
+            "seen": torch.zeros((), device=ctx.dist.device),
+            "hits": torch.zeros(K, V, device=ctx.dist.device),
+        }
+        for begin in range(0, len(indices), size):
+            images = self._images(indices[begin : begin + size], self.val_dataset)
+            token_maps, fhat_list = self.tokenizer.encode_with_fhat(images)
+            rec = self.tokenizer.decode_fhat(fhat_list[-1])
+            sums["psnr"] += psnr(rec, images).sum()
+            sums["l1"] += (rec - images).abs().flatten(1).mean(1).sum()
+            sums["seen"] += len(images)
+            for k, idx in enumerate(token_maps):
+                sums["hits"][k] += torch.bincount(idx.flatten(), minlength=V).float()
+        self.tokenizer.train()
+        sums = reduce_metrics_sum(sums)
+        out = {"psnr": float(sums["psnr"] / sums["seen"]), "l1": float(sums["l1"] / sums["seen"])}
+        used_K = (sums["hits"] > 0).float().mean(1) * 100
+        for side, used in zip(self.tokenizer.config.patch_nums, used_K):
+            out[f"usage_{side}x{side}"] = float(used)
+        out["usage_all"] = float((sums["hits"].sum(0) > 0).float().mean() * 100)
+        return out
+
+    def export(self, directory: Path) -> None:
+        tokenizer = unwrap_model(self.wrapped)
+        metadata = {"classes": list(self.dataset.classes), "trained_with": self.config_dict()}
+        save_pretrained(directory, tokenizer=tokenizer, metadata=metadata)

@@ -1,0 +1,274 @@
+"""Training the VAR transformer on a frozen tokenizer's token maps (teacher forcing, every token weighted 1/L).
+
+Letters: B batch, L all tokens, V vocabulary, K scales.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nextscale.data.build import DataConfig
+from nextscale.data.seeding import SampleKey
+from nextscale.model.config import VARConfig, var_preset
+from nextscale.model.var import VAR, cross_entropy_per_token
+from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.tokenizer.tokenizer import Tokenizer
+from nextscale.train.distributed import reduce_metrics, unwrap_model, wrap_model
+from nextscale.train.ema import EMA
+from nextscale.train.loop import StepContext, Task
+from nextscale.train.optim import build_optimizer
+from nextscale.train.token_cache import TokenCache, is_deterministic
+
+logger = logging.getLogger(__name__)
+
+LABEL_DROPOUT_STREAM = 0xD7  # purpose id of the label-dropout generator
+
+
+@dataclass
+class VARTrainConfig:
+    tokenizer: str = "runs/tokenizer/model"  # directory written by train-tokenizer (or save_pretrained)
+    preset: str = "fmnist-small"  # transformer preset; overrides below
+    depth: int | None = None
+    label_dropout: float = 0.1
+    label_smoothing: float = 0.0
+    init_adaln_gamma_scale: float | None = None
+    cache_tokens: bool = True  # encode the dataset once when its images carry no random augmentation
+    progressive: float = 0.0  # > 0: grow the number of trained scales over this fraction of the run
+    progressive_start_scales: int = 5  # scales trained at the start of progressive training (the recipe's pg0=4 → 5)
+    data: DataConfig | None = None
+
+
+def _metrics(logits_BLV: torch.Tensor, targets_BL: torch.Tensor, tail: int) -> dict[str, torch.Tensor]:
+    """The official trainer's logged metrics: mean and last-scale cross-entropy and top-1 accuracy (%)."""
+    ce_BL = cross_entropy_per_token(logits_BLV.detach(), targets_BL)
+    correct_BL = (logits_BLV.detach().argmax(-1) == targets_BL).float()
+    return {
+        "L_mean": ce_BL.mean(),
+        "L_tail": ce_BL[:, -tail:].mean(),
+        "acc_mean": correct_BL.mean() * 100,
+        "acc_tail": correct_BL[:, -tail:].mean() * 100,
+    }
+
+
+class VARTask(Task):
+    name = "var"
+
+    def __init__(self, config: VARTrainConfig):
+        self.config = config
+        self.data = config.data or DataConfig()
+
+    # ---- setup ----------------------------------------------------------------------------------------------------
+
+    def setup(self, ctx: StepContext) -> None:
+        self.ctx = ctx
+        device = ctx.dist.device
+        tokenizer, _ = from_pretrained(self.config.tokenizer, device)
+        if tokenizer is None:
+            raise ValueError(f"{self.config.tokenizer} holds no tokenizer")
+        self.tokenizer: Tokenizer = tokenizer.requires_grad_(False)
+        self.dataset = self.data.build("train")
+        self.val_dataset = self._val_split()
+        if self.data.image_size != tokenizer.config.image_size:
+            raise ValueError(
+                f"the data is {self.data.image_size} px but the tokenizer takes {tokenizer.config.image_size} px images"
+            )
+        overrides = {"num_classes": self.dataset.num_classes, "label_dropout": self.config.label_dropout}
+        if self.config.depth is not None:
+            overrides["depth"] = self.config.depth
+        if self.config.init_adaln_gamma_scale is not None:
+            overrides["init_adaln_gamma_scale"] = self.config.init_adaln_gamma_scale
+        model_config = var_preset(self.config.preset, **overrides)
+        check_fits(model_config, tokenizer)
+        torch.manual_seed(ctx.loop.seed)  # same initial weights on every rank
+        self.model = VAR(model_config).to(device)
+        self.optimizer = build_optimizer(
+            self.model, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=ctx.loop.weight_decay
+        )
+        self.wrapped = wrap_model(self.model, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.model
+        self.ema = EMA(self.model, ctx.loop.ema_decay) if ctx.loop.ema_decay > 0 else None
+        self.cache = None
+        if self.config.cache_tokens and is_deterministic(self.dataset):
+            self.cache = TokenCache.build(self.tokenizer, self.dataset, Path(ctx.loop.output_dir) / "token_cache", ctx)
+        n = sum(p.numel() for p in self.model.parameters())
+        logger.info(
+            "transformer %s: %.2fM parameters, %d classes", self.config.preset, n / 1e6, model_config.num_classes
+        )
+
+    def _val_split(self):
+        for split in ("val", "test"):
+            try:
+                return self.data.build(split)
+            except (FileNotFoundError, ValueError):
+                continue
+        logger.warning("no validation split found; evaluating on training images")
+        return self.data.build("train")
+
+    def optimizers(self):
+        return {"model": self.optimizer}
+
+    def state_tensors(self):
+        tensors = {"model": self.model.state_dict()}
+        if self.ema is not None:
+            tensors["ema"] = self.ema.state_dict()
+        return tensors
+
+    def load_state_tensors(self, tensors):
+        self.model.load_state_dict(tensors["model"])
+        if self.ema is not None and "ema" in tensors:
+            self.ema.load_state_dict(tensors["ema"])
+
+    def config_dict(self):
+        return {**asdict(self.config), "data": asdict(self.data), "model": self.model.config.to_dict()}
+
+    # ---- data -------------------------------------------------------------------------------------------------------
+
+    def tokens_and_labels(self, keys: list, dataset, cache) -> tuple[list[torch.Tensor], torch.Tensor]:
+        device = self.ctx.dist.device
+        if cache is not None:
+            indices = torch.tensor([k.index if isinstance(k, SampleKey) else int(k) for k in keys])
+            tokens_BL, labels_B = cache.get(indices)
+            return self.model.schedule.split(tokens_BL.to(device)), labels_B.to(device)
+        images, labels = zip(*(dataset[k] for k in keys))
+        images_BCHW = torch.stack(images).to(device)
+        return self.tokenizer.encode(images_BCHW), torch.tensor(labels, device=device)
+
+    def scales_at(self, step: int) -> tuple[int, float]:
+        """Progressive training: (scales trained, weight of the newest scale's loss)."""
+        K, fraction = self.model.schedule.num_scales, self.config.progressive
+        if fraction <= 0:
+            return K, 1.0
+        end = max(int(self.ctx.loop.steps * fraction), 1)
+        start = min(self.config.progressive_start_scales, K)
+        if step >= end:
+            return K, 1.0
+        scales = start + round((K - start) * step / end)
+        stage_length = max(end / max(K - start, 1), 1)
+        ramp = min(max(((step % stage_length) + 1) / (stage_length / 3), 0.01), 1.0)
+        return scales, ramp if scales > start else 1.0
+
+    # ---- step -------------------------------------------------------------------------------------------------------
+
+    def train_step(self, step: int, keys: list) -> dict[str, float]:
+        ctx = self.ctx
+        self.model.train()
+        num_scales, newest_weight = self.scales_at(step)
+        end = self.model.schedule.offsets[num_scales]
+        tail = self.model.schedule.lengths[num_scales - 1]
+        # label dropout keyed by (seed, step) over the global batch: 1 process and N processes drop the same labels
+        global_drop = torch.rand(ctx.loop.batch_size, generator=ctx.step_generator(step, LABEL_DROPOUT_STREAM))
+        rank_drop = global_drop.view(ctx.dist.world_size, -1)[ctx.dist.rank]
+        micro = ctx.micro_batches(keys)
+        sums: dict[str, torch.Tensor] = {}
+        for i, micro_keys in enumerate(micro):
+            token_maps, labels_B = self.tokens_and_labels(micro_keys, self.dataset, self.cache)
+            drop_B = rank_drop[i * len(micro_keys) : (i + 1) * len(micro_keys)].to(labels_B.device)
+            labels_B = torch.where(drop_B < self.config.label_dropout, self.model.config.null_class, labels_B)
+            targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)[:, :end]
+            teacher_BLC = self.tokenizer.teacher_input(token_maps, num_scales)
+            with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast():
+                logits_BLV = self.wrapped(labels_B, teacher_BLC, num_scales=num_scales, drop_labels=False)
+            ce_BL = cross_entropy_per_token(logits_BLV, targets_BL, self.config.label_smoothing)
+            weight_L = torch.ones(end, device=ce_BL.device)
+            weight_L[end - tail :] = newest_weight
+            loss = (ce_BL * weight_L).sum(1).div(weight_L.sum()).mean()
+            ctx.backward(loss)
+            for name, value in {"loss": loss.detach(), **_metrics(logits_BLV, targets_BL, tail)}.items():
+                sums[name] = sums.get(name, 0) + value / len(micro)
+        grad_norm = ctx.clip_and_step(self.optimizer, self.model.parameters())
+        if self.ema is not None:
+            self.ema.update(self.model)
+        out = {k: float(v) for k, v in sums.items()}
+        out.update(grad_norm=grad_norm, scales=float(num_scales))
+        return out
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation L_mean, L_tail, acc_mean, acc_tail and per-scale loss/accuracy (labels kept, no dropout)."""
+        ctx, model = self.ctx, self.model
+        model.eval()
+        schedule = model.schedule
+        size = ctx.per_rank_batch
+        count = min(len(self.val_dataset), ctx.loop.eval_batches * size * ctx.dist.world_size)
+        indices = list(range(ctx.dist.rank, count, ctx.dist.world_size))
+        ce_sum = torch.zeros(schedule.num_scales, device=ctx.dist.device)
+        correct_sum = torch.zeros_like(ce_sum)
+        seen = torch.zeros((), device=ctx.dist.device)
+        for begin in range(0, len(indices), size):
+            keys = indices[begin : begin + size]
+            token_maps, labels_B = self.tokens_and_labels(keys, self.val_dataset, None)
+            targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)
+            with ctx.autocast():
+                logits_BLV = model(labels_B, self.tokenizer.teacher_input(token_maps))
+            ce_BL = cross_entropy_per_token(logits_BLV, targets_BL)
+            correct_BL = (logits_BLV.argmax(-1) == targets_BL).float()
+            for k in range(schedule.num_scales):
+                b, e = schedule.span(k)
+                ce_sum[k] += ce_BL[:, b:e].sum()
+                correct_sum[k] += correct_BL[:, b:e].sum()
+            seen += len(keys)
+        model.train()
+        lengths = torch.tensor(schedule.lengths, device=ce_sum.device, dtype=torch.float)
+        per_token = {"ce": ce_sum, "correct": correct_sum, "seen": seen}
+        per_token = {k: v for k, v in reduce_metrics_sum(per_token).items()}
+        ce_k = per_token["ce"] / (per_token["seen"] * lengths)
+        acc_k = per_token["correct"] / (per_token["seen"] * lengths) * 100
+        total = lengths.sum()
+        out = {
+            "L_mean": float((ce_k * lengths).sum() / total),
+            "L_tail": float(ce_k[-1]),
+            "acc_mean": float((acc_k * lengths).sum() / total),
+            "acc_tail": float(acc_k[-1]),
+        }
+        for k, side in enumerate(schedule.patch_nums):
+            out[f"scale_{side}x{side}_loss"] = float(ce_k[k])
+            out[f"scale_{side}x{side}_acc"] = float(acc_k[k])
+        return out
+
+    def export(self, directory: Path) -> None:
+        model = unwrap_model(self.wrapped)
+        if self.ema is not None:
+            with self.ema.applied_to(model):
+                self._export(directory, model)
+        else:
+            self._export(directory, model)
+
+    def _export(self, directory: Path, model: nn.Module) -> None:
+        metadata = read_metadata(self.config.tokenizer)
+        metadata.update(classes=list(self.dataset.classes), trained_with=self.config_dict())
+        save_pretrained(directory, tokenizer=self.tokenizer, model=model, metadata=metadata)
+
+
+def reduce_metrics_sum(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum tensors over processes (identity when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for value in values.values():
+            dist.all_reduce(value)
+    return values
+
+
+def check_fits(config: VARConfig, tokenizer: Tokenizer) -> None:
+    """A transformer config must use the tokenizer's vocabulary, latent width and scale schedule."""
+    tc = tokenizer.config
+    problems = [
+        f"{name}: transformer {a}, tokenizer {b}"
+        for name, a, b in (
+            ("vocab_size", config.vocab_size, tc.vocab_size),
+            ("latent_channels", config.latent_channels, tc.latent_channels),
+            ("patch_nums", tuple(config.patch_nums), tuple(tc.patch_nums)),
+        )
+        if a != b
+    ]
+    if problems:
+        raise ValueError("the tokenizer does not fit the transformer config: " + "; ".join(problems))
+
+
+__all__ = ["VARTask", "VARTrainConfig", "check_fits", "reduce_metrics"]
