@@ -246,6 +246,30 @@ def cmd_quickstart(args) -> None:
     print(f"done: class-conditional samples (one row per class) are in {grid}")
 
 
+def cmd_evaluate(args) -> None:
+    import json
+
+    from nextscale.eval.metrics import evaluate_tokenizer, evaluate_transformer
+    from nextscale.pretrained import from_pretrained
+
+    if not Path(args.model).is_dir():
+        raise UsageError(f"model directory not found: {args.model}")
+    tokenizer, model = from_pretrained(args.model, args.device)
+    if tokenizer is None:
+        raise UsageError(f"{args.model} holds no tokenizer")
+    dataset = data_config(args).build(args.split)
+    results = {"tokenizer": evaluate_tokenizer(tokenizer, dataset, limit=args.limit, progress=True)}
+    if model is not None:
+        dtype = torch.bfloat16 if args.bf16 else None
+        results["transformer"] = evaluate_transformer(
+            model, tokenizer, dataset, limit=args.limit, autocast_dtype=dtype, progress=True
+        )
+    text = json.dumps(results, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
 # ---- parser ---------------------------------------------------------------------------------------------------------
 
 
@@ -292,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progressive", type=float, default=0.0, help="grow the trained scales over this run fraction")
     p.add_argument("--no-token-cache", action="store_true", help="encode images every step instead of once")
     p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("evaluate", help="tokenizer PSNR/usage and transformer loss/accuracy on a split")
+    _add_data(p, 32)
+    p.add_argument("--model", required=True, help="directory written by save_pretrained / nextscale train")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--out", help="also write the JSON here")
+    p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("quickstart", help="train a small tokenizer and VAR on a built-in set, write samples")
     p.add_argument("--data", help="default: fashion-mnist when installed, else the built-in procedural set")
