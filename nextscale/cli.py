@@ -82,6 +82,16 @@ def _autocast(args):
     return torch.bfloat16 if args.bf16 else None
 
 
+def load_pipeline(args):
+    """A Pipeline from --model or --vae/--var, with the class names and --bf16."""
+    from nextscale.pipeline import Pipeline
+
+    tokenizer, model, classes = load_models(args)
+    source = args.model if args.model else f"official: {args.vae} + {args.var}"
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    return Pipeline(tokenizer, model, class_names=classes, dtype=dtype, source=str(source))
+
+
 # ---- sample ---------------------------------------------------------------------------------------------------------
 
 
@@ -110,6 +120,82 @@ def cmd_sample(args) -> None:
     upscale = max(1, 128 // images.shape[-1])
     path = save_grid(images, args.out, columns=args.per_class if len(classes) > 1 else 8, upscale=upscale)
     print(f"wrote {len(labels)} samples ({len(classes)} classes × {args.per_class}) to {path}")
+
+
+# ---- edit -----------------------------------------------------------------------------------------------------------
+
+
+def cmd_edit(args) -> None:
+    from nextscale.editing import check_box, fit_image, keep_mask_for, mask_from_image, save_edit
+    from nextscale.images import load_image
+
+    if (args.box is None) == (args.mask is None):
+        raise UsageError("give the region to edit with --box Y0 X0 Y1 X1 or with --mask mask.png (one of them)")
+    if args.mode == "class-edit" and args.class_id is None:
+        raise UsageError("--mode class-edit needs --class K (the class to edit the box towards)")
+    if args.samples <= 0:
+        raise UsageError(f"--samples must be positive, got {args.samples}")
+    if Path(args.out).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UsageError(f"--out {args.out}: name an image file (.png, .jpg, .webp)")
+    if args.box is not None:
+        check_box(*args.box)
+    original = load_image(args.image)
+    mask_picture = load_image(args.mask) if args.mask else None
+    pipeline = load_pipeline(args)
+    if args.class_id is not None and not 0 <= args.class_id < pipeline.num_classes:
+        raise UsageError(f"class {args.class_id} is outside [0, {pipeline.num_classes})")
+    image, resized = fit_image(original, pipeline.image_size)
+    if resized:
+        size = pipeline.image_size
+        print(
+            f"nextscale edit: note: {args.image} is {original.size[0]}×{original.size[1]}; "
+            f"centre-cropped to a square and resized to {size}×{size}",
+            file=sys.stderr,
+        )
+    regenerate = mask_from_image(mask_picture, pipeline.token_side, original.size) if mask_picture else None
+    keep = keep_mask_for(args.mode, side=pipeline.token_side, box=args.box, mask_image=regenerate)
+    results = pipeline.edit(
+        image, keep, labels=args.class_id, samples=args.samples, seed=args.seed, **sampling_kwargs(args)
+    )
+    paths, strip = save_edit(args.out, pipeline.image_tensor(image)[0], keep, results)
+    print(f"wrote {len(paths)} edited image(s): {', '.join(str(p) for p in paths)}")
+    print(f"wrote the strip (input | regenerated region | results): {strip}")
+
+
+# ---- sample-set -----------------------------------------------------------------------------------------------------
+
+
+def cmd_sample_set(args) -> None:
+    from nextscale.eval.sample_set import SampleSetConfig, expected_names, generate_sample_set, pack_npz, parse_classes
+    from nextscale.sampling import SamplingSettings
+    from nextscale.train.distributed import barrier, cleanup, setup_distributed
+
+    config = SampleSetConfig(
+        out_dir=args.out,
+        per_class=args.per_class,
+        classes=parse_classes(args.classes) if args.classes else None,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        settings=SamplingSettings(**sampling_kwargs(args)),
+    )
+    context = setup_distributed()
+    try:
+        if context.is_distributed:
+            args.device = str(context.device)
+        pipeline = load_pipeline(args)
+        progress = not args.no_progress
+        status = generate_sample_set(pipeline, config, context.rank, context.world_size, progress=progress)
+        barrier()
+        if context.is_main_process:
+            npz = pack_npz(config.out_dir, expected_names(pipeline, config), pipeline.image_size, progress=progress)
+            print(
+                f"sample set: {status.total} images in {config.out_dir} (rank 0 found {status.existing}, wrote "
+                f"{status.written}); settings in {Path(config.out_dir) / 'settings.json'}; packed into {npz}"
+            )
+    except BaseException:
+        cleanup(synchronize=False)
+        raise
+    cleanup()
 
 
 # ---- training -------------------------------------------------------------------------------------------------------
@@ -232,14 +318,15 @@ def cmd_quickstart(args) -> None:
     data = args.data or ("fashion-mnist" if Path(DEFAULT_FASHION_MNIST_ROOT).is_dir() else "procedural")
     out = Path(args.out)
     print(f"quickstart: training a tokenizer and a small VAR on {data} (32 px) in {out}")
-    common = ["--data", data, "--image-size", "32", "--seed", str(args.seed), "--eval-batches", "4"]
+    common = ["--data", data, "--image-size", "32", "--seed", str(args.seed), "--eval-batches", "2", "--batch-size",
+              "32", "--eval-every", "0", "--log-every", "50"]  # fmt: skip
     main(
-        ["train-tokenizer", "--out", str(out / "tokenizer"), "--steps", str(args.tokenizer_steps), "--batch-size", "64",
-         "--base-lr", "1e-3", "--weight-decay", "0", "--eval-every", "0", *common]
+        ["train-tokenizer", "--out", str(out / "tokenizer"), "--steps", str(args.tokenizer_steps), "--base-lr", "4e-3",
+         "--weight-decay", "0", *common]
     )  # fmt: skip
     main(
-        ["train", "--tokenizer", str(out / "tokenizer" / "model"), "--out", str(out / "var"), "--steps",
-         str(args.var_steps), "--batch-size", "64", "--base-lr", "1e-3", "--eval-every", "0", *common]
+        ["train", "--tokenizer", str(out / "tokenizer" / "model"), "--out", str(out / "var"), "--preset", "fmnist-tiny",
+         "--steps", str(args.var_steps), "--base-lr", "8e-3", "--no-token-cache", *common]
     )  # fmt: skip
     grid = out / "samples.png"
     main(["sample", "--model", str(out / "var" / "model"), "--per-class", "8", "--cfg", "2", "--out", str(grid)])
@@ -274,6 +361,7 @@ def cmd_evaluate(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nextscale.editing import EDIT_MODES
     from nextscale.model.config import VAR_PRESETS
     from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS
 
@@ -288,6 +376,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default="samples.png")
     p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("edit", help="zero-shot in-painting, out-painting and class-conditional editing")
+    _add_model_source(p)
+    _add_sampling(p, cfg=3.0)
+    p.add_argument("--image", required=True, help="input picture (centre-cropped and resized to the model's size)")
+    p.add_argument("--box", type=float, nargs=4, metavar=("Y0", "X0", "Y1", "X1"), help="region, fractions in [0, 1]")
+    p.add_argument("--mask", help="mask picture instead of --box: white = regenerate; square or the input's size")
+    p.add_argument(
+        "--mode", choices=EDIT_MODES, default="inpaint", help="inpaint/class-edit: redo the box; outpaint: keep it"
+    )
+    p.add_argument("--class", dest="class_id", type=int, help="class for the regenerated region (class-edit needs one)")
+    p.add_argument("--samples", type=int, default=1, help="results to draw (one file each)")
+    p.add_argument("--out", default="edit.png", help="result file; the strip goes to <stem>_strip<suffix>")
+    p.set_defaults(func=cmd_edit)
+
+    p = commands.add_parser(
+        "sample-set", help="per-class PNGs for FID/IS, resumable and torchrun-ready, plus <out>.npz"
+    )
+    _add_model_source(p)
+    _add_sampling(p, cfg=1.5)
+    p.set_defaults(preset="fid")
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--classes", help="ids and ranges such as 0-999 or 1,5,7 (default: every class)")
+    p.add_argument("--batch-size", type=int, default=64, help="part of the recipe: a resumed run must keep it")
+    p.add_argument("--out", default="samples", help="folder of PNGs; rerun the same command to resume")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sample_set)
 
     p = commands.add_parser("train-tokenizer", help="train the multi-scale VQ tokenizer")
     _add_data(p, 32)
@@ -331,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("quickstart", help="train a small tokenizer and VAR on a built-in set, write samples")
     p.add_argument("--data", help="default: fashion-mnist when installed, else the built-in procedural set")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--tokenizer-steps", type=int, default=300)
-    p.add_argument("--var-steps", type=int, default=400)
+    p.add_argument("--tokenizer-steps", type=int, default=400)
+    p.add_argument("--var-steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_quickstart)
     return parser

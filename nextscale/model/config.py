@@ -82,6 +82,18 @@ VAR_PRESETS: dict[str, dict] = {
         drop_path_rate=0.0,
         init_adaln_gamma_scale=1e-3,
     ),
+    # the quickstart's model: minutes on two CPU cores
+    "fmnist-tiny": dict(
+        depth=4,
+        width=128,
+        num_heads=2,
+        num_classes=10,
+        vocab_size=512,
+        latent_channels=16,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+        drop_path_rate=0.0,
+        init_adaln_gamma_scale=1e-3,
+    ),
     "debug": dict(
         depth=2,
         width=64,
