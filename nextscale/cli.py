@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def load_pipeline(args):
     from nextscale.pipeline import Pipeline
 
     tokenizer, model, classes = load_models(args)
-    source = args.model if args.model else f"official: {args.vae} + {args.var}"
+    source = os.path.abspath(args.model) if args.model else f"official: {args.vae} + {args.var}"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     return Pipeline(tokenizer, model, class_names=classes, dtype=dtype, source=str(source))
 

@@ -1,0 +1,136 @@
+"""Zero-shot editing inputs and outputs: keep masks from a box or a mask picture, input images fitted to the model,
+and a side-by-side strip of the edit.
+
+A keep mask lives on the finest token grid (side × side, e.g. 16 × 16 for 256 px): 1 keeps the input image's token,
+0 regenerates it (the convention of `nextscale.edit` and the official notebook). The modes:
+
+- `inpaint`: regenerate the box, keep the rest (keep = 1 − box).
+- `outpaint`: keep the box, regenerate the outside (keep = box).
+- `class-edit`: regenerate the box towards a class (keep = 1 − box; the caller passes the class).
+
+A mask picture instead of a box marks the region to regenerate in white, whatever the mode. Every mask must leave at
+least one token to regenerate and one to keep on the finest grid; otherwise it is not an edit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from nextscale.images import make_grid, to_pil
+
+EDIT_MODES = ("inpaint", "outpaint", "class-edit")
+_REGENERATED_TINT = (0.45, 0.08, 0.08)  # added to the darkened input where the edit regenerates (a dark red)
+
+
+def check_box(y0: float, x0: float, y1: float, x1: float) -> None:
+    """Coordinates are fractions of the image: 0 ≤ y0 < y1 ≤ 1 and 0 ≤ x0 < x1 ≤ 1."""
+    for name, low, high in (("y", y0, y1), ("x", x0, x1)):
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(
+                f"box {name}0={low:g}, {name}1={high:g}: coordinates are fractions in [0, 1] with {name}0 < {name}1"
+            )
+
+
+def box_mask(side: int, y0: float, x0: float, y1: float, x1: float) -> torch.Tensor:
+    """(side, side) float mask, 1 inside the box: rows round(y0·side):round(y1·side), columns likewise (as the
+    official notebook). Coordinates as `check_box` wants them."""
+    check_box(y0, x0, y1, x1)
+    mask = torch.zeros(side, side)
+    mask[round(y0 * side) : round(y1 * side), round(x0 * side) : round(x1 * side)] = 1.0
+    return mask
+
+
+def center_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of `image` (the image itself when square)."""
+    width, height = image.size
+    side = min(width, height)
+    if width == height:
+        return image
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def fit_image(image: Image.Image, size: int) -> tuple[Image.Image, bool]:
+    """Centre-crop to a square and resize (LANCZOS) to size × size. Returns the image and whether it changed."""
+    if image.size == (size, size):
+        return image, False
+    return center_square(image).resize((size, size), Image.Resampling.LANCZOS), True
+
+
+def mask_from_image(mask_image: Image.Image, side: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A mask picture (white = regenerate) → (side, side) float regenerate mask: grey levels averaged over each token's
+    area, thresholded at 0.5. The picture must be square, or the size of the input image (`image_size`, width × height),
+    in which case it is centre-cropped as the input is."""
+    size = mask_image.size
+    if size[0] != size[1] and size != image_size:
+        expected = f" or {image_size[0]}×{image_size[1]} like the input image" if image_size else ""
+        raise ValueError(f"the mask is {size[0]}×{size[1]}; it must be square{expected}")
+    grey = center_square(mask_image.convert("L"))
+    values_HW = torch.from_numpy(np.array(grey, dtype=np.uint8))
+    area_11HW = F.interpolate(values_HW.float().div(255.0)[None, None], size=(side, side), mode="area")
+    return area_11HW[0, 0].gt(0.5).float()
+
+
+def keep_mask_for(
+    mode: str,
+    *,
+    side: int,
+    box: tuple[float, float, float, float] | None = None,
+    mask_image: Image.Image | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (side, side) keep mask of an edit, from a box (y0, x0, y1, x1) in fractions, or from a mask: a square
+    picture (white = regenerate) or a (side, side) tensor from `mask_from_image` (1 = regenerate). Raises ValueError
+    when the edit would regenerate or keep nothing."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"unknown edit mode {mode!r}; choose from {', '.join(EDIT_MODES)}")
+    if (box is None) == (mask_image is None):
+        raise ValueError("give either a box or a mask")
+    if box is not None:
+        inside = box_mask(side, *box)
+        keep = inside if mode == "outpaint" else 1.0 - inside
+        what = f"the box {tuple(box)} on the {side}×{side} token grid"
+    else:
+        regenerate = mask_image if isinstance(mask_image, torch.Tensor) else mask_from_image(mask_image, side)
+        if regenerate.shape != (side, side):
+            raise ValueError(f"the regenerate mask must be {side}×{side}, got {tuple(regenerate.shape)}")
+        keep = 1.0 - regenerate.float()
+        what = f"the mask (area-averaged to the {side}×{side} token grid)"
+    if keep.min() > 0:
+        raise ValueError(f"nothing to regenerate: {what} leaves every token as it is")
+    if keep.max() == 0:
+        raise ValueError(f"nothing kept: {what} regenerates every token (use `nextscale sample` for new images)")
+    return keep
+
+
+def edit_strip(input_3HW: torch.Tensor, keep_mask: torch.Tensor, results_N3HW: torch.Tensor) -> Image.Image:
+    """One picture, left to right: the input, the input with the regenerated region darkened and tinted, the results.
+    Images in [0, 1]; `keep_mask` on the token grid (1 = kept). Tiny images are enlarged for viewing."""
+    H, W = input_3HW.shape[-2:]
+    regenerate_11HW = F.interpolate(1.0 - keep_mask.float().cpu()[None, None], size=(H, W), mode="nearest")
+    tint_311 = torch.tensor(_REGENERATED_TINT).view(3, 1, 1)
+    source = input_3HW.float().cpu()
+    shown = torch.where(regenerate_11HW[0] > 0.5, source * 0.45 + tint_311, source)
+    panels = torch.cat([source[None], shown[None], results_N3HW.float().cpu()])
+    return make_grid(panels, columns=panels.shape[0], upscale=max(1, 128 // H))
+
+
+def save_edit(
+    out: str | os.PathLike, input_3HW: torch.Tensor, keep_mask: torch.Tensor, results_N3HW: torch.Tensor
+) -> tuple[list[Path], Path]:
+    """Write the results (`out` for one, `<stem>_<i><suffix>` for several) and the strip `<stem>_strip<suffix>`.
+    Returns (result paths, strip path)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = results_N3HW.shape[0]
+    paths = [out] if count == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+    for path, image in zip(paths, to_pil(results_N3HW)):
+        image.save(path)
+    strip = out.with_name(f"{out.stem}_strip{out.suffix}")
+    edit_strip(input_3HW, keep_mask, results_N3HW).save(strip)
+    return paths, strip

@@ -1,0 +1,299 @@
+"""Sample sets for FID / IS / precision / recall: `per_class` PNGs of each class, resumable, split across processes,
+packed into the npz that OpenAI's guided-diffusion evaluator reads.
+
+    out/settings.json                          what produced the images; a resumed run must match it
+    out/class0207_seed0000012_row0005.png …    one PNG per image
+    out.npz                                    arr_0: uint8 (N, H, W, 3), the PNGs in sorted-name order
+                                               (next to the folder, as the official create_npz_from_sample_folder)
+
+Seeding and resuming. The N images form one class-major list (each class's images consecutive, classes in the order
+given), cut into fixed batches: batch b holds images b·bs … (b+1)·bs − 1 and is made by one call
+`generate(its labels, seed=batch_seed(seed, b))`. A batch is the unit of work: its PNGs are written one by one through a
+temporary file and `os.replace`, and a batch whose PNGs all exist is skipped. An image therefore depends on the base
+seed, the batch size and its place in the list, never on what ran before or on how many processes share the work, so
+an interrupted run resumes to exactly the images an uninterrupted run writes (on the same hardware and software: the
+floating-point kernels must match). The batch size is part of the recipe; `settings.json` records it and a resumed run
+with another batch size (or model, settings, classes, seed) is refused. A PNG's name gives its class, its batch's seed
+and its row in the batch; `regenerate_batch` remakes any batch alone. With W processes (torchrun), rank r takes
+batches r, r+W, r+2W, …
+
+Letters: N images, bs batch size, W processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from nextscale.images import to_pil
+from nextscale.pipeline import Pipeline
+from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
+
+SETTINGS_FILE = "settings.json"
+MAX_BATCHES = 1_000_000  # batch seeds are seed·MAX_BATCHES + b, distinct for every (seed, b)
+MAX_BATCH_SIZE = 10_000  # four digits of row in the file names
+# settings.json fields that do not change the images, so a resumed run may differ in them
+_INFORMATIONAL = ("library_version", "naming", "seeding")
+
+
+@dataclass(frozen=True)
+class SampleSetConfig:
+    out_dir: str
+    per_class: int = 50  # images of each class (50 × 1000 classes = the official 50,000)
+    classes: tuple[int, ...] | None = None  # None: every class of the model
+    batch_size: int = 64  # part of the recipe: another batch size gives other images
+    seed: int = 0  # base seed, ≥ 0
+    settings: SamplingSettings = field(default_factory=lambda: SAMPLING_PRESETS["fid"])
+
+    def __post_init__(self) -> None:
+        if self.per_class <= 0:
+            raise ValueError(f"per_class must be positive, got {self.per_class}")
+        if not 0 < self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            if not self.classes:
+                raise ValueError("classes is empty")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes repeat; each class appears once (use per_class for more images)")
+
+    @property
+    def npz_path(self) -> Path:
+        folder = Path(self.out_dir)
+        return folder.parent / f"{folder.name}.npz"
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int  # b: images b·bs … of the class-major list
+    seed: int  # the generator seed of the whole batch
+    labels: tuple[int, ...]
+    names: tuple[str, ...]  # the PNG file names, one per label
+
+
+@dataclass
+class SampleSetStatus:
+    total: int  # N, images in the whole set
+    existing: int  # images of this rank's batches found complete at the start
+    written: int  # images this call wrote
+    remaining: int  # images of this rank's batches still missing (max_batches stopped early)
+
+
+def parse_classes(spec: str) -> tuple[int, ...]:
+    """'0-999' / '1,5,7' / '0-9,20' → class ids in the order given."""
+    classes: list[int] = []
+    try:
+        for part in (p.strip() for p in spec.split(",")):
+            first, _, last = part.partition("-")
+            low, high = int(first), int(last) if last else int(first)
+            if high < low:
+                raise ValueError
+            classes.extend(range(low, high + 1))
+    except ValueError:
+        raise ValueError(f"bad class list {spec!r}: use ids and ranges like 0-999 or 1,5,7 or 0-9,20") from None
+    return tuple(classes)
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    return seed * MAX_BATCHES + batch_index
+
+
+def image_name(label: int, seed: int, row: int) -> str:
+    return f"class{label:04d}_seed{seed:07d}_row{row:04d}.png"
+
+
+def plan_batches(classes: tuple[int, ...], per_class: int, batch_size: int, seed: int) -> list[Batch]:
+    """The whole set as fixed batches: batch b = images b·bs … of the class-major list."""
+    labels = [c for c in classes for _ in range(per_class)]
+    num_batches = -(-len(labels) // batch_size)
+    if num_batches > MAX_BATCHES:
+        raise ValueError(f"{num_batches} batches; at most {MAX_BATCHES} (raise the batch size)")
+    batches = []
+    for b in range(num_batches):
+        chunk = tuple(labels[b * batch_size : (b + 1) * batch_size])
+        s = batch_seed(seed, b)
+        batches.append(Batch(b, s, chunk, tuple(image_name(c, s, row) for row, c in enumerate(chunk))))
+    return batches
+
+
+def rank_batches(batches: list[Batch], rank: int, world_size: int) -> list[Batch]:
+    """Rank r's share: batches r, r + W, r + 2W, …"""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+    return batches[rank::world_size]
+
+
+def resolve_classes(config: SampleSetConfig, num_classes: int) -> tuple[int, ...]:
+    classes = tuple(range(num_classes)) if config.classes is None else config.classes
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class {bad[0]} is outside [0, {num_classes})")
+    return classes
+
+
+def settings_record(pipeline: Pipeline, config: SampleSetConfig) -> dict:
+    """What settings.json holds: everything that decides the images, plus the library version."""
+    from nextscale import __version__
+
+    classes = resolve_classes(config, pipeline.num_classes)
+    return {
+        "model": pipeline.source,
+        "image_size": pipeline.image_size,
+        "num_classes": pipeline.num_classes,
+        "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "sampling": asdict(config.settings),
+        "per_class": config.per_class,
+        "classes": list(classes),
+        "num_images": len(classes) * config.per_class,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "seeding": "batch b = images b*batch_size… of the class-major list, generated with seed*1000000 + b",
+        "naming": "class{class:04d}_seed{batch seed:07d}_row{row in batch:04d}.png",
+        "library_version": __version__,
+    }
+
+
+def write_or_check_settings(out_dir: Path, record: dict, rank: int = 0) -> None:
+    """Write settings.json (atomically) for a new set; for an existing one, refuse a run that would differ."""
+    file = out_dir / SETTINGS_FILE
+    if file.is_file():
+        old = json.loads(file.read_text())
+        differ = [k for k in record if k not in _INFORMATIONAL and old.get(k) != record[k]]
+        if differ:
+            shown = ", ".join(f"{k}: {_short(old.get(k))} → {_short(record[k])}" for k in differ)
+            raise ValueError(f"{out_dir} holds a sample set made with other settings ({shown}); use another --out")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temporary = out_dir / f".{SETTINGS_FILE}.{rank}.tmp"
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temporary, file)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def is_complete(out_dir: Path, batch: Batch) -> bool:
+    return all((out_dir / name).is_file() for name in batch.names)
+
+
+def save_png(image: Image.Image, path: Path, rank: int = 0) -> None:
+    """Write through a temporary sibling and rename, so a PNG under its final name is always whole."""
+    temporary = path.with_name(f".{path.name}.{rank}.tmp")
+    image.save(temporary, format="PNG")
+    os.replace(temporary, path)
+
+
+def regenerate_batch(pipeline: Pipeline, batch: Batch, settings: SamplingSettings) -> torch.Tensor:
+    """One batch's images, (bs, 3, H, W) in [0, 1]: the same call a sample-set run makes."""
+    return pipeline.generate(list(batch.labels), seed=batch.seed, output_type="pt", **asdict(settings))
+
+
+def generate_sample_set(
+    pipeline: Pipeline,
+    config: SampleSetConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> SampleSetStatus:
+    """Write this rank's missing batches of the set (all of them for a single process). `max_batches` stops after
+    that many batches (time-boxed jobs; rerun to continue). Needs no process group: ranks only share the folder."""
+    out_dir = Path(config.out_dir)
+    write_or_check_settings(out_dir, settings_record(pipeline, config), rank)
+    batches = plan_batches(
+        resolve_classes(config, pipeline.num_classes), config.per_class, config.batch_size, config.seed
+    )
+    mine = rank_batches(batches, rank, world_size)
+    todo = [batch for batch in mine if not is_complete(out_dir, batch)]
+    existing = sum(len(batch.names) for batch in mine) - sum(len(batch.names) for batch in todo)
+    run = todo if max_batches is None else todo[:max_batches]
+    bar = tqdm(
+        total=sum(len(batch.names) for batch in run),
+        unit="img",
+        desc=f"sampling (rank 0 of {world_size})" if world_size > 1 else "sampling",
+        disable=not (progress and rank == 0),
+        dynamic_ncols=True,
+    )
+    written = 0
+    with bar:
+        for batch in run:
+            images = to_pil(regenerate_batch(pipeline, batch, config.settings))
+            for name, image in zip(batch.names, images):
+                save_png(image, out_dir / name, rank)
+            written += len(batch.names)
+            bar.update(len(batch.names))
+    total = sum(len(batch.names) for batch in batches)
+    remaining = sum(len(batch.names) for batch in todo) - written
+    return SampleSetStatus(total=total, existing=existing, written=written, remaining=remaining)
+
+
+def expected_names(pipeline: Pipeline, config: SampleSetConfig) -> list[str]:
+    classes = resolve_classes(config, pipeline.num_classes)
+    return [
+        name
+        for batch in plan_batches(classes, config.per_class, config.batch_size, config.seed)
+        for name in batch.names
+    ]
+
+
+def pack_npz(out_dir: str | os.PathLike, names: list[str], image_size: int, progress: bool = True) -> Path:
+    """Pack the PNGs `names` (exactly these, no more and no fewer in the folder) in sorted order into `<out_dir>.npz`:
+    arr_0, uint8 (N, H, W, 3). Streams image by image, so 50,000 images need no 10 GB of memory. Removes temporary
+    files left by interrupted runs."""
+    out_dir = Path(out_dir)
+    found = {path.name for path in out_dir.glob("*.png")}
+    wanted = set(names)
+    if len(wanted) != len(names):
+        raise ValueError("the expected file names repeat")
+    missing, extra = sorted(wanted - found), sorted(found - wanted)
+    if missing or extra:
+        raise ValueError(
+            f"{out_dir} has {len(found & wanted)} of {len(wanted)} images"
+            + (f"; missing {len(missing)}, e.g. {missing[0]} (rerun to finish)" if missing else "")
+            + (f"; {len(extra)} PNGs that do not belong, e.g. {extra[0]}" if extra else "")
+        )
+    for stale in out_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    path = out_dir.parent / f"{out_dir.name}.npz"
+    temporary = path.with_name(f".{path.name}.tmp")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+        "fortran_order": False,
+        "shape": (len(names), image_size, image_size, 3),
+    }
+    try:
+        with (
+            zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,
+            archive.open("arr_0.npy", "w", force_zip64=True) as member,
+        ):
+            np.lib.format.write_array_header_1_0(member, header)
+            for name in tqdm(sorted(names), unit="img", desc="packing npz", disable=not progress, dynamic_ncols=True):
+                member.write(_read_png(out_dir / name, image_size).tobytes())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_png(path: Path, image_size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            pixels_HW3 = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable image ({err}); delete it and rerun to make it again") from None
+    if pixels_HW3.shape != (image_size, image_size, 3):
+        raise ValueError(f"{path} is {pixels_HW3.shape[1]}×{pixels_HW3.shape[0]}, not {image_size}×{image_size}")
+    return pixels_HW3

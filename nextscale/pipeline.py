@@ -1,0 +1,244 @@
+"""A tokenizer and a transformer held together with their sampling defaults and class names, ready to use.
+
+    pipe = Pipeline.from_pretrained("runs/var/model", device="cuda", dtype="bf16")
+    images = pipe.generate(["tabby cat", 207], seed=0, output_type="pil")
+    edited = pipe.edit(Image.open("dog.png"), box=(0.1, 0.1, 0.8, 0.8), mode="inpaint", seed=0)
+
+Everything here calls `nextscale.generate` / `nextscale.edit`; the pipeline only resolves class names, fits input
+images, picks the settings and the autocast dtype, and converts the output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nextscale.convert import load_official
+from nextscale.editing import fit_image, keep_mask_for
+from nextscale.images import to_pil
+from nextscale.model.var import VAR
+from nextscale.pretrained import from_pretrained, read_metadata
+from nextscale.sampling import SAMPLING_PRESETS, Generation, SamplingSettings, edit, generate
+from nextscale.tokenizer.tokenizer import Tokenizer
+
+# the official demo notebook's look; SAMPLING_PRESETS["fid"] is the evaluation setting
+DEFAULT_SETTINGS = SamplingSettings(cfg=4.0, top_k=900, top_p=0.95, more_smooth=False)
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+OUTPUT_TYPES = ("pt", "pil", "generation")
+
+ClassLike = int | str
+LabelsArg = ClassLike | Sequence[ClassLike] | torch.Tensor | None
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    resolved = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return resolved
+
+
+@dataclass
+class Pipeline:
+    tokenizer: Tokenizer
+    model: VAR
+    settings: SamplingSettings | str = DEFAULT_SETTINGS  # defaults for every call; a name picks SAMPLING_PRESETS
+    class_names: list[str] | None = None  # one per class, for labels given by name
+    dtype: torch.dtype | str = torch.float32  # fp32 runs as is; bf16 / fp16 run the networks under autocast
+    source: str = ""  # where the weights came from, for records such as a sample set's settings.json
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, str):
+            if self.settings not in SAMPLING_PRESETS:
+                raise ValueError(f"unknown sampling preset {self.settings!r}; choose from {sorted(SAMPLING_PRESETS)}")
+            self.settings = SAMPLING_PRESETS[self.settings]
+        self.dtype = resolve_dtype(self.dtype)
+        if self.class_names is not None:
+            self.class_names = list(self.class_names)
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        self.tokenizer.eval()
+        self.model.eval()
+
+    # ---- building -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        settings: SamplingSettings | str = DEFAULT_SETTINGS,
+    ) -> Pipeline:
+        """From a directory written by `save_pretrained` (both parts needed); class names from its metadata."""
+        tokenizer, model = from_pretrained(directory, device)
+        if tokenizer is None or model is None:
+            raise ValueError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
+        classes = read_metadata(directory).get("classes")
+        return cls(tokenizer, model, settings, classes, dtype, source=str(directory))
+
+    @classmethod
+    def from_official(
+        cls,
+        vae: str | os.PathLike,
+        var: str | os.PathLike,
+        *,
+        num_heads: int | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = torch.float32,
+        settings: SamplingSettings | str = DEFAULT_SETTINGS,
+        class_names: list[str] | None = None,
+    ) -> Pipeline:
+        """From official checkpoints (see `load_official`: files, or names to download)."""
+        tokenizer, model = load_official(vae, var, num_heads=num_heads, device=device)
+        return cls(tokenizer, model, settings, class_names, dtype, source=f"official: {vae} + {var}")
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        self.tokenizer.to(device)
+        self.model.to(device)
+        return self
+
+    # ---- facts ----------------------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.start_pos.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    @property
+    def token_side(self) -> int:
+        """Side of the finest token grid, where keep masks live."""
+        return self.model.schedule.final_side
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None if self.dtype == torch.float32 else self.dtype
+
+    def class_index(self, label: ClassLike) -> int:
+        """A class id or a class name → the id (negative ids mean unconditional, as in `generate`)."""
+        if isinstance(label, str):
+            if not self.class_names or label not in self.class_names:
+                known = f"; known: {', '.join(self.class_names[:10])}…" if self.class_names else " (no class names)"
+                raise ValueError(f"unknown class name {label!r}{known}")
+            return self.class_names.index(label)
+        return int(label)
+
+    def labels(self, labels: LabelsArg):
+        """Names → ids; ints, tensors and None pass through to `resolve_labels`."""
+        if labels is None or isinstance(labels, (int, torch.Tensor)):
+            return labels
+        if isinstance(labels, str):
+            return self.class_index(labels)
+        return [self.class_index(label) for label in labels]
+
+    def sampling_kwargs(self, **overrides) -> dict:
+        """The default settings with `overrides` (cfg, top_k, top_p, more_smooth) applied and validated."""
+        return asdict(replace(self.settings, **overrides))
+
+    # ---- generating and editing -----------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        labels: LabelsArg = None,
+        *,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        output_type: str = "pt",
+        **overrides,
+    ) -> torch.Tensor | list[Image.Image] | Generation:
+        """Class-conditional images: `labels` as `nextscale.generate` takes them, or class names. Returns (B, 3, H, W)
+        in [0, 1] ('pt'), PIL images ('pil') or the whole `Generation` with its token maps ('generation')."""
+        _check_output_type(output_type)
+        out = generate(
+            self.model,
+            self.tokenizer,
+            self.labels(labels),
+            seed=seed,
+            batch_size=batch_size,
+            autocast_dtype=self.autocast_dtype,
+            **self.sampling_kwargs(**overrides),
+        )
+        return _convert(out, output_type)
+
+    def edit(
+        self,
+        image: Image.Image | torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+        *,
+        box: tuple[float, float, float, float] | None = None,
+        mask_image: Image.Image | torch.Tensor | None = None,
+        mode: str = "inpaint",
+        labels: LabelsArg = None,
+        samples: int = 1,
+        seed: int | None = None,
+        output_type: str = "pt",
+        **overrides,
+    ) -> torch.Tensor | list[Image.Image] | Generation:
+        """Zero-shot editing of one PIL image (centre-cropped and resized to the model's size) or a batch (B, 3, H, W)
+        in [0, 1] at the model's size. The region comes from `keep_mask` (token grid, 1 = keep), or from `box` /
+        `mask_image` with `mode` (see `nextscale.editing`). `labels=None` in/out-paints unconditionally; a class
+        steers the regenerated region (`mode='class-edit'` requires one). `samples` results per image."""
+        _check_output_type(output_type)
+        if samples < 1:
+            raise ValueError(f"samples must be positive, got {samples}")
+        if mode == "class-edit" and labels is None:
+            raise ValueError("mode 'class-edit' needs a class (labels=...)")
+        if keep_mask is not None and (box is not None or mask_image is not None):
+            raise ValueError("give keep_mask, or box / mask_image, not both")
+        if keep_mask is None:
+            keep_mask = keep_mask_for(mode, side=self.token_side, box=box, mask_image=mask_image)
+        images_B3HW = self.image_tensor(image).repeat_interleave(samples, dim=0)
+        if keep_mask.dim() == 3:
+            keep_mask = keep_mask.repeat_interleave(samples, dim=0)
+        out = edit(
+            self.model,
+            self.tokenizer,
+            images_B3HW.mul(2).sub(1),
+            keep_mask,
+            self.labels(labels),
+            seed=seed,
+            autocast_dtype=self.autocast_dtype,
+            **self.sampling_kwargs(**overrides),
+        )
+        return _convert(out, output_type)
+
+    def image_tensor(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A PIL image (fitted to the model's size) or a tensor (3, H, W) / (B, 3, H, W) in [0, 1] → (B, 3, H, W)
+        in [0, 1] on the pipeline's device."""
+        if isinstance(image, Image.Image):
+            fitted, _ = fit_image(image.convert("RGB"), self.image_size)
+            image = torch.from_numpy(np.array(fitted, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)
+        images = image.unsqueeze(0) if image.dim() == 3 else image
+        size = self.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"images must be (B, 3, {size}, {size}) in [0, 1], got {tuple(image.shape)}")
+        return images.float().to(self.device)
+
+
+def _check_output_type(output_type: str) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+
+
+def _convert(out: Generation, output_type: str):
+    if output_type == "generation":
+        return out
+    return to_pil(out.images) if output_type == "pil" else out.images
