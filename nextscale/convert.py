@@ -115,6 +115,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not any(marker in str(err) for marker in ("GLOBAL", "Unsupported class")):
+            # no class or function reference stopped the unpickler: the bytes are simply not a checkpoint
+            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {err}") from None
         raise CheckpointError(
             f"{path} is not a plain weights file: loading it would need to run code from the pickle ({err}). "
             "Only state dicts of tensors are read (torch.load(..., weights_only=True))."

@@ -1,0 +1,113 @@
+"""Shared fixtures: the official-code parity fixtures and tiny random models.
+
+Parity fixtures (see ../shared/parity/README.md): `tiny_a` lives in tests/assets so every clone runs parity;
+`tiny_b` and `tiny_e` are read from the shared folder next to the repository and skipped, with the reason shown,
+when it is absent. The official key tables live next to them in ../shared/reference/keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from nextscale.convert import load_official
+from nextscale.model.config import var_preset
+from nextscale.model.var import VAR
+from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_PARITY = SHARED / "parity"
+KEY_TABLES = SHARED / "reference" / "keys"
+
+PARITY_NAMES = ("tiny_a", "tiny_b", "tiny_e")
+
+
+def parity_dir(name: str) -> Path | None:
+    """Where a fixture's three files are, or None when they are not available in this checkout."""
+    candidates = [ASSETS, SHARED_PARITY] if name == "tiny_a" else [SHARED_PARITY]
+    for folder in candidates:
+        if all((folder / f"{name}_{part}").is_file() for part in ("io.pt", "vae.pth", "var.pth")):
+            return folder
+    return None
+
+
+@dataclass
+class ParityCase:
+    name: str
+    folder: Path
+    io: dict
+    tokenizer: Tokenizer
+    model: VAR
+
+    @property
+    def vae_path(self) -> Path:
+        return self.folder / f"{self.name}_vae.pth"
+
+    @property
+    def var_path(self) -> Path:
+        return self.folder / f"{self.name}_var.pth"
+
+
+@functools.cache
+def load_parity_case(name: str) -> ParityCase:
+    folder = parity_dir(name)
+    if folder is None:
+        pytest.skip(f"parity fixture {name} not found (looked in {ASSETS} and {SHARED_PARITY})")
+    io = torch.load(folder / f"{name}_io.pt", weights_only=True)
+    # the plain-attention fixture (tiny_b) has no scale_mul tensor to read the head count from
+    tokenizer, model = load_official(
+        folder / f"{name}_vae.pth", folder / f"{name}_var.pth", num_heads=io["config"]["var"]["num_heads"]
+    )
+    return ParityCase(name, folder, io, tokenizer, model)
+
+
+@pytest.fixture(scope="session", params=PARITY_NAMES)
+def parity(request) -> ParityCase:
+    """Each parity fixture in turn: tokenizer and transformer loaded from the official files, eval mode."""
+    return load_parity_case(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_a() -> ParityCase:
+    return load_parity_case("tiny_a")
+
+
+def perturb_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Add seeded N(0, std) noise to every parameter, as the fixtures do, so that the near-zero AdaLN gammas of a
+    fresh model really let each block change its input (otherwise many invariants would hold trivially)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+    return module
+
+
+def debug_pair(seed: int = 0, *, tokenizer_overrides: dict | None = None, **var_overrides) -> tuple[Tokenizer, VAR]:
+    """The `debug` presets (8×8 images, scales 1,2,3,4, V=64), seeded, transformer perturbed, both in eval mode."""
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer(tokenizer_preset("debug", **(tokenizer_overrides or {}))).eval()
+    model = perturb_(VAR(var_preset("debug", **var_overrides)), seed=seed).eval()
+    return tokenizer, model
+
+
+@pytest.fixture
+def make_debug_pair():
+    """debug_pair(seed, tokenizer_overrides=..., **var_overrides) as a fixture, for tests that vary the presets."""
+    return debug_pair
+
+
+@pytest.fixture
+def debug_models() -> tuple[Tokenizer, VAR]:
+    return debug_pair()
+
+
+@pytest.fixture(scope="session")
+def key_tables() -> Path:
+    if not (KEY_TABLES / "vqvae_keys.tsv").is_file():
+        pytest.skip(f"official key tables not found in {KEY_TABLES}")
+    return KEY_TABLES

@@ -1,0 +1,147 @@
+"""The VAR transformer: block-causal dependence on earlier scales, progressive prefixes, label dropout, presets."""
+
+import math
+
+import pytest
+import torch
+
+from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
+from nextscale.model.var import VAR, cross_entropy_per_token
+
+CHANGED = 1e-3  # a logit "changes" when it moves by more than this; perturbed debug logits move by ~0.1 or more
+
+
+def scale_slices(model: VAR) -> list[slice]:
+    return [slice(*model.schedule.span(k)) for k in range(model.schedule.num_scales)]
+
+
+def sample_inputs(tokenizer, batch: int = 2, seed: int = 0):
+    images = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    maps = tokenizer.encode(images)
+    return maps, torch.arange(batch) % 10
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_changing_scale_k_tokens_changes_only_later_logits(debug_models, k):
+    """Scale j's logits are computed from the class and the inputs of scales ≤ j, and scale j's input is f̂ of
+    scales < j. So new tokens at scale k leave every logit of scales ≤ k bit-for-bit alone and move all later ones."""
+    tokenizer, model = debug_models
+    maps, labels = sample_inputs(tokenizer)
+    changed = list(maps)
+    changed[k] = (maps[k] + 1 + torch.randint(0, 62, maps[k].shape, generator=torch.Generator().manual_seed(k))) % 64
+    assert (changed[k] != maps[k]).all()
+    with torch.no_grad():
+        before = model(labels, tokenizer.teacher_input(maps))
+        after = model(labels, tokenizer.teacher_input(changed))
+    for j, span in enumerate(scale_slices(model)):
+        delta = (after[:, span] - before[:, span]).abs().amax().item()
+        if j <= k:
+            assert delta == 0.0, f"scale {j} logits moved by {delta} after changing scale {k}"
+        else:
+            assert delta > CHANGED, f"scale {j} logits ignored scale {k} (moved {delta})"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_one_input_token_reaches_its_whole_scale_and_later_ones_only(debug_models, k):
+    """Attention within a scale is bidirectional and across scales causal: perturbing the input of one token of
+    scale k (its last one) moves every logit of scale k and later scales, and none of the earlier scales."""
+    tokenizer, model = debug_models
+    maps, labels = sample_inputs(tokenizer)
+    teacher_input = tokenizer.teacher_input(maps)
+    position = model.schedule.offsets[k + 1] - 1 - model.schedule.first_length
+    perturbed = teacher_input.clone()
+    perturbed[:, position] += 1.0
+    with torch.no_grad():
+        delta_BLV = (model(labels, perturbed) - model(labels, teacher_input)).abs()
+    per_token_L = delta_BLV.amax(dim=(0, 2))
+    for j, span in enumerate(scale_slices(model)):
+        if j < k:
+            assert per_token_L[span].max().item() == 0.0, f"scale {j} saw a change at scale {k}"
+        else:
+            assert per_token_L[span].min().item() > CHANGED, f"some token of scale {j} ignored the change"
+
+
+def test_progressive_prefix_equals_the_full_forward(debug_models):
+    tokenizer, model = debug_models
+    maps, labels = sample_inputs(tokenizer)
+    teacher_input = tokenizer.teacher_input(maps)
+    with torch.no_grad():
+        full = model(labels, teacher_input)
+        for num_scales in range(1, model.schedule.num_scales + 1):
+            end = model.schedule.offsets[num_scales]
+            prefix = model(labels, teacher_input, num_scales=num_scales)
+            assert prefix.shape == (2, end, model.config.vocab_size)
+            torch.testing.assert_close(prefix, full[:, :end], atol=1e-6, rtol=0)
+
+
+def test_labels_are_dropped_in_training_mode_only(make_debug_pair):
+    tokenizer, model = make_debug_pair(label_dropout=0.5)
+    maps, _ = sample_inputs(tokenizer, batch=16)
+    labels = torch.arange(16) % 10
+    teacher_input = tokenizer.teacher_input(maps)
+    null = model.config.null_class
+
+    torch.manual_seed(7)
+    dropped = model.drop_labels(labels)
+    assert 0 < (dropped == null).sum() < 16, "the seed should drop some labels and keep others"
+    assert torch.equal(dropped[dropped != null], labels[dropped != null])
+    with torch.no_grad():
+        expected = model.eval()(dropped, teacher_input)
+        torch.manual_seed(7)
+        trained = model.train()(labels, teacher_input)
+        torch.manual_seed(7)
+        evaluated = model.eval()(labels, teacher_input)
+        undropped = model(labels, teacher_input)
+    torch.testing.assert_close(trained, expected, atol=1e-6, rtol=0)
+    assert torch.equal(evaluated, undropped)
+    assert not torch.allclose(evaluated, expected)
+
+
+def test_drop_labels_rates():
+    model = VAR(var_preset("debug"))
+    labels = torch.arange(10)
+    assert torch.equal(model.drop_labels(labels, 0.0), labels)
+    assert (model.drop_labels(labels, 1.0) == model.config.null_class).all()
+
+
+def test_check_labels_accepts_the_null_class_and_rejects_the_rest():
+    model = VAR(var_preset("debug"))
+    model.check_labels(torch.tensor([0, 9, 10]))  # 10 = num_classes = unconditional
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.check_labels(torch.tensor([11]))
+    with pytest.raises(ValueError, match="labels must be in"):
+        model.check_labels(torch.tensor([-1]))
+    with pytest.raises(ValueError, match="1-D integer"):
+        model.check_labels(torch.tensor([1.0]))
+
+
+def test_cross_entropy_per_token_is_the_unreduced_loss():
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([[0, 1, 2, 3, 4], [6, 5, 4, 3, 2]])
+    ce = cross_entropy_per_token(logits, targets)
+    assert ce.shape == (2, 5)
+    assert ce[1, 0].item() == pytest.approx(-torch.log_softmax(logits[1, 0], -1)[6].item(), abs=1e-6)
+    smoothed = cross_entropy_per_token(logits, targets, label_smoothing=0.1)
+    uniform = -torch.log_softmax(logits, -1).mean(-1)
+    torch.testing.assert_close(smoothed, 0.9 * ce + 0.1 * uniform, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("depth", [16, 20, 24, 30, 36])
+def test_release_presets_derive_width_heads_and_drop_path(depth):
+    config = var_preset(f"var-d{depth}")
+    assert (config.width, config.num_heads) == (64 * depth, depth)
+    assert config.drop_path_rate == pytest.approx(0.1 * depth / 24)
+    assert config.resolved_init_std == pytest.approx(math.sqrt(1 / (3 * 64 * depth)))
+    assert config.shared_adaln == (depth == 36)
+    assert config.schedule.total_length == (2240 if depth == 36 else 680)
+
+
+def test_preset_registry_and_validation():
+    assert var_preset("var-d16", depth=20) == var_preset("var-d20")  # overriding depth re-derives the rest
+    with pytest.raises(KeyError, match="unknown transformer preset"):
+        var_preset("var-d17")
+    with pytest.raises(ValueError, match="not divisible"):
+        VARConfig(depth=2, width=64, num_heads=3)
+    with pytest.raises(ValueError, match="label_dropout"):
+        VARConfig(depth=2, label_dropout=1.0)
+    assert {"var-d16", "var-d36", "fmnist-small", "debug"} <= set(VAR_PRESETS)
