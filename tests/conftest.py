@@ -2,7 +2,7 @@
 
 Parity fixtures (see ../shared/parity/README.md): `tiny_a` lives in tests/assets so every clone runs parity;
 `tiny_b` and `tiny_e` are read from the shared folder next to the repository and skipped, with the reason shown,
-when it is absent. The official key tables live next to them in ../shared/reference/keys.
+when it is absent. The official key tables (about 100 KB) are copied into tests/assets/keys.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 ASSETS = Path(__file__).resolve().parent / "assets"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_PARITY = SHARED / "parity"
-KEY_TABLES = SHARED / "reference" / "keys"
+KEY_TABLES = ASSETS / "keys"
 
 PARITY_NAMES = ("tiny_a", "tiny_b", "tiny_e")
 
