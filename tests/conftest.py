@@ -27,6 +27,15 @@ KEY_TABLES = ASSETS / "keys"
 PARITY_NAMES = ("tiny_a", "tiny_b", "tiny_e")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine every threaded op waits for a core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def parity_dir(name: str) -> Path | None:
     """Where a fixture's three files are, or None when they are not available in this checkout."""
     candidates = [ASSETS, SHARED_PARITY] if name == "tiny_a" else [SHARED_PARITY]

@@ -7,21 +7,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from conftest import debug_pair
 from PIL import Image
 
 from nextscale import save_pretrained
 from nextscale.cli import main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine every threaded op waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,6 @@ from nextscale.pipeline import Pipeline
 from nextscale.sampling import edit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine every threaded op waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(seed: int, batch: int = 2, size: int = 8) -> torch.Tensor:
     """Smooth random images in [-1, 1]."""
     generator = torch.Generator().manual_seed(seed)

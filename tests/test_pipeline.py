@@ -13,16 +13,6 @@ from nextscale import save_pretrained
 from nextscale.pipeline import DEFAULT_SETTINGS, Pipeline
 from nextscale.sampling import SAMPLING_PRESETS, generate
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine every threaded op waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CLASS_NAMES = [f"thing {i}" for i in range(10)]
 
 

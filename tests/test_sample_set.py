@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import debug_pair
 from PIL import Image
 
@@ -22,16 +21,6 @@ from nextscale.eval.sample_set import (
     rank_batches,
 )
 from nextscale.pipeline import Pipeline
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine every threaded op waits for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 CLASSES, PER_CLASS, BATCH = (0, 3, 5), 3, 2  # 9 images in 5 batches, the last one short
 N = len(CLASSES) * PER_CLASS
