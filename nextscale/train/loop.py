@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -127,7 +129,7 @@ class StepContext:
             self.scaler.update()
             if self.scaler.get_scale() > 32768.0:  # the recipe caps the fp16 loss scale
                 self.scaler.update(32768.0)
-        else:
+        elif math.isfinite(norm):  # the same norm on every rank: all of them skip together
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
@@ -187,9 +189,9 @@ def run(task: Task, config: LoopConfig) -> Path:
             f"batch_size {config.batch_size} must be divisible by processes × accumulation "
             f"({dist.world_size} × {config.grad_accumulation})"
         )
-    torch.manual_seed(derive_seed(config.seed, dist.rank))  # drop path and other in-model randomness, per rank
     step_context = StepContext(config, dist)
-    task.setup(step_context)
+    task.setup(step_context)  # seeds the initial weights itself, identically on every rank
+    _seed_process(derive_seed(config.seed, dist.rank))  # drop path and other in-model randomness, per rank
     sampler = ResumableDistributedSampler(
         len(task.dataset), step_context.per_rank_batch, world_size=dist.world_size, rank=dist.rank, seed=config.seed
     )
@@ -216,8 +218,8 @@ def run(task: Task, config: LoopConfig) -> Path:
             metrics = task.train_step(step, next(batches))
             loss = metrics.get("loss", 0.0)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"{task.name}: loss is {loss} at step {step}; stopping without saving. "
+                raise NonFiniteLossError(  # steps counted from 1, as in metrics.jsonl and checkpoint names
+                    f"{task.name}: loss is {loss} at step {step + 1}; stopping without saving. "
                     f"The last good checkpoint is kept: {checkpoints.latest() or 'none yet'}"
                 )
             now = time.perf_counter()
@@ -247,6 +249,14 @@ def run(task: Task, config: LoopConfig) -> Path:
         task.export(export_dir)
         logger.info("model written to %s", export_dir)
     return export_dir
+
+
+def _seed_process(seed: int) -> None:
+    """Seed python `random`, numpy and torch, so that a fresh run's generator states (saved with every checkpoint)
+    depend on the seed alone."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def _postfix(metrics: dict[str, float], limit: int | None = 4) -> str:

@@ -9,6 +9,7 @@ Letters: B batch, K scales, V vocabulary, C latent channels.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -197,7 +198,8 @@ class TokenizerTask(Task):
             sums["gan_d_loss"] = self._discriminator_step(reals, fakes)
         hits_KV = reduce_metrics_sum({"hits": hits_KV})["hits"]
         self.usage_KV.mul_(USAGE_DECAY).add_(hits_KV / hits_KV.sum(1, keepdim=True), alpha=1 - USAGE_DECAY)
-        if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0:
+        # not after a refused (non-finite) update: the pool would put NaN codes into the codebook
+        if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0 and math.isfinite(grad_norm):
             sums["codes_restarted"] = float(self.restart_dead_codes(step, torch.cat(pool)))
         sums["grad_norm"] = grad_norm
         sums.update(self.usage_metrics())

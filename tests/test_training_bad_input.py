@@ -1,0 +1,238 @@
+"""Bad inputs to training get a clear message; unreadable images are skipped and counted while training goes on.
+
+Runs use the `debug` presets (8 px images) on CPU in fp32; the CLI cases go through `nextscale.cli.main` (exit status
+2 and one line on stderr), and the missing tokenizer through a real `python -m nextscale.cli` process.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nextscale import cli
+from nextscale.data.build import DataConfig
+from nextscale.pretrained import save_pretrained
+from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
+from nextscale.train.checkpoint import CheckpointManager
+from nextscale.train.loop import LoopConfig, NonFiniteLossError, run
+from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
+from nextscale.train.var_task import VARTask, VARTrainConfig
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy CPU idle threads make every step much slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def loop_config(output_dir: Path, **overrides) -> LoopConfig:
+    settings = dict(
+        output_dir=str(output_dir),
+        steps=4,
+        batch_size=4,
+        base_lr=0.01,
+        precision="fp32",
+        log_every=1,
+        eval_every=0,
+        eval_batches=1,
+        save_every=1000,
+        progress=False,
+    )
+    return LoopConfig(**{**settings, **overrides})
+
+
+def procedural(image_size: int = 8) -> DataConfig:
+    return DataConfig(name="procedural", image_size=image_size, num_samples=16)
+
+
+def write_debug_tokenizer(directory: Path, **overrides) -> str:
+    torch.manual_seed(0)
+    return str(save_pretrained(directory, tokenizer=Tokenizer(tokenizer_preset("debug", **overrides))))
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def cli_error(arguments: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run the CLI in this process; it must exit with status 2 and print exactly one line to stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(arguments)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def train_tokenizer_arguments(data: Path, output_dir: Path) -> list[str]:
+    return ["train-tokenizer", "--data", str(data), "--image-size", "8", "--preset", "debug", "--out",
+            str(output_dir), "--steps", "2", "--batch-size", "4", "--precision", "fp32", "--no-progress"]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------- image folders
+
+
+def test_unreadable_and_truncated_images_are_skipped_and_counted(tmp_path: Path):
+    folder = tmp_path / "images"
+    for index in range(6):
+        write_image(folder / ("cat" if index % 2 else "dog") / f"{index}.png", seed=index)
+    encoded = io.BytesIO()
+    Image.fromarray(np.full((10, 12, 3), 200, dtype=np.uint8)).save(encoded, format="PNG")
+    truncated, garbage = folder / "cat" / "truncated.png", folder / "dog" / "garbage.jpg"
+    truncated.write_bytes(encoded.getvalue()[: len(encoded.getvalue()) // 2])
+    garbage.write_bytes(b"not an image at all")
+
+    task = TokenizerTask(TokenizerTrainConfig(preset="debug", data=DataConfig(name=str(folder), image_size=8)))
+    export = run(task, loop_config(tmp_path / "run", steps=4))  # 4 batches of 4: every file is met at least once
+    assert (export / "tokenizer" / "model.safetensors").is_file()
+    assert task.dataset.skipped_files == 2  # the final evaluation reads the same folder and keeps its own count
+    log = (tmp_path / "run" / "train.log").read_text()
+    for path in (truncated, garbage):
+        assert f"skipping unreadable image {path}" in log
+
+
+def test_an_empty_image_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    (tmp_path / "empty" / "dogs").mkdir()
+    message = cli_error(train_tokenizer_arguments(tmp_path / "empty", tmp_path / "run"), capsys)
+    assert message.startswith("nextscale train-tokenizer: error: no images")
+    assert str(tmp_path / "empty") in message
+
+
+def test_a_single_class_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    for index in range(3):
+        write_image(tmp_path / "one" / "cat" / f"{index}.png", seed=index)
+    message = cli_error(train_tokenizer_arguments(tmp_path / "one", tmp_path / "run"), capsys)
+    assert "only 1 class" in message and "at least two classes" in message and str(tmp_path / "one") in message
+
+
+# ------------------------------------------------------------------------------------------ tokenizer and transformer
+
+
+def test_image_size_must_match_the_tokenizer(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"takes 8 px images .* but the data is 16 px"):
+        run(TokenizerTask(TokenizerTrainConfig(preset="debug", data=procedural(16))), loop_config(tmp_path / "a"))
+    task = VARTask(VARTrainConfig(tokenizer=write_debug_tokenizer(tmp_path / "tokenizer"), preset="debug",
+                                  data=procedural(16)))  # fmt: skip
+    with pytest.raises(ValueError, match="the data is 16 px but the tokenizer takes 8 px images"):
+        run(task, loop_config(tmp_path / "b"))
+    assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_a_tokenizer_that_does_not_fit_the_transformer(tmp_path: Path, capsys: pytest.CaptureFixture):
+    tokenizer_dir = write_debug_tokenizer(tmp_path / "tokenizer", vocab_size=32)  # the debug transformer expects 64
+    message = cli_error(
+        ["train", "--tokenizer", tokenizer_dir, "--preset", "debug", "--data", "procedural", "--image-size", "8",
+         "--out", str(tmp_path / "run"), "--precision", "fp32", "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert message == (
+        "nextscale train: error: the tokenizer does not fit the transformer config: vocab_size: transformer 64, "
+        "tokenizer 32"
+    )
+
+
+def test_a_missing_tokenizer_directory_is_one_line_and_exit_2(tmp_path: Path):
+    missing = tmp_path / "missing_dir"
+    result = subprocess.run(
+        [sys.executable, "-m", "nextscale.cli", "train", "--tokenizer", str(missing), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=REPOSITORY,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"nextscale train: error: tokenizer directory not found: {missing} (train one with nextscale train-tokenizer)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------------------- NaN loss
+
+NAN_STEP = 5  # 0-based: the sixth step; checkpoints are written after steps 2 and 4
+
+
+class NaNImagesTokenizerTask(TokenizerTask):
+    """Gets a batch of NaN images at step NAN_STEP, as from a corrupt file decoded without error."""
+
+    poisoned = False
+
+    def train_step(self, step, keys):
+        self.poisoned = step == NAN_STEP
+        return super().train_step(step, keys)
+
+    def _images(self, keys, dataset):
+        images = super()._images(keys, dataset)
+        return torch.full_like(images, math.nan) if self.poisoned else images
+
+
+class NaNInputVARTask(VARTask):
+    """The transformer's input turns NaN at step NAN_STEP (token ids cannot be NaN; activations can)."""
+
+    poisoned = False
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        teacher_input = self.tokenizer.teacher_input
+
+        def poisoned_teacher_input(*args, **kwargs):
+            inputs = teacher_input(*args, **kwargs)
+            return inputs * math.nan if self.poisoned else inputs
+
+        self.tokenizer.teacher_input = poisoned_teacher_input
+
+    def train_step(self, step, keys):
+        self.poisoned = step == NAN_STEP
+        return super().train_step(step, keys)
+
+
+def non_finite(value, where: str = "") -> list[str]:
+    """Paths of the floating-point tensors in a nested dict / list that hold NaN or infinity."""
+    if isinstance(value, torch.Tensor):
+        return [where] if value.is_floating_point() and not torch.isfinite(value).all() else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list | tuple) else []
+    return [path for key, item in items for path in non_finite(item, f"{where}/{key}")]
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "var"])
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path, stage: str):
+    if stage == "tokenizer":
+        # dead-code restarts every 2 steps (the NaN step among them), with a threshold that always finds some
+        config = TokenizerTrainConfig(preset="debug", data=procedural(), dead_code_every=2, dead_code_threshold=0.995)
+        task = NaNImagesTokenizerTask(config)
+    else:
+        tokenizer_dir = write_debug_tokenizer(tmp_path / "tokenizer")
+        task = NaNInputVARTask(VARTrainConfig(tokenizer=tokenizer_dir, preset="debug", data=procedural()))
+    output_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=rf"{stage}: loss is nan at step {NAN_STEP + 1}\b") as error:
+        run(task, loop_config(output_dir, steps=10, save_every=2))
+
+    checkpoints = CheckpointManager(output_dir / "checkpoints")
+    assert checkpoints.latest().name == "step_00000004"  # the checkpoint before the NaN step
+    assert str(checkpoints.latest()) in str(error.value)
+    for path in checkpoints.checkpoints():
+        checkpoint = checkpoints.load(path)
+        assert non_finite(checkpoint.tensors) == non_finite(checkpoint.optimizer) == [], path
+    assert not (output_dir / "model").exists()  # nothing exported
+    logged = (output_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) == NAN_STEP  # the NaN step's metrics are not logged
+    model = task.tokenizer if stage == "tokenizer" else task.model
+    assert non_finite(dict(model.state_dict())) == []  # the update with NaN gradients was refused
