@@ -29,15 +29,6 @@ from nextscale.train.var_task import VARTask, VARTrainConfig
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy CPU idle threads make every step much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def loop_config(output_dir: Path, **overrides) -> LoopConfig:
     settings = dict(
         output_dir=str(output_dir),

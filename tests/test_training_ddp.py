@@ -107,8 +107,6 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
     ddp_dir.parent.mkdir()
     workers = mp.spawn(_worker, args=(free_port(), tokenizer_dir, str(ddp_dir)), nprocs=WORLD_SIZE, join=False)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:  # the single-process references train here while the two workers start up
         run(VARTask(task_config(tokenizer_dir)), loop_config(tmp_path / "single"))
         run(VARTask(task_config(tokenizer_dir)), loop_config(tmp_path / "accumulated", grad_accumulation=2))
@@ -117,7 +115,6 @@ def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
             if time.monotonic() > deadline:
                 pytest.fail(f"the {WORLD_SIZE} gloo processes did not finish within {TIMEOUT:.0f} s")
     finally:
-        torch.set_num_threads(threads)
         for process in workers.processes:  # after a failure, none is left running
             if process.is_alive():
                 process.terminate()
