@@ -357,10 +357,11 @@ def test_sampler_ranks_share_one_permutation_and_cover_each_index_once():
     assert samplers[0].batches_per_epoch == 2
     batches_by_rank = [take(sampler, 3 * 2) for sampler in samplers]  # three epochs
     for epoch in range(3):
-        shards = [batches[2 * epoch] + batches[2 * epoch + 1] for batches in batches_by_rank]
-        everything = sum(shards, [])
+        # global batch b is the concatenation of every rank's b-th local batch: what one process would draw
+        global_batches = [sum((batches[2 * epoch + b] for batches in batches_by_rank), []) for b in range(2)]
+        everything = sum(global_batches, [])
         assert sorted(everything) == list(range(dataset_size))  # each index exactly once per epoch
-        assert everything == samplers[1].epoch_order(epoch).tolist()  # contiguous shards of one shared order
+        assert everything == samplers[1].epoch_order(epoch).tolist()  # slices of one shared order
     assert samplers[0].epoch_order(0).tolist() != samplers[0].epoch_order(1).tolist()
     assert samplers[0].epoch == 3 and samplers[0].batches_done == 0
 

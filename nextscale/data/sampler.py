@@ -1,9 +1,11 @@
 """An infinite, resumable, distributed batch sampler following the VAR recipe's `DistInfiniteBatchSampler`.
 
 Epoch e uses one permutation of the dataset, drawn from a generator seeded with `derive_seed(seed, e)` and identical on
-every rank. It is padded to a multiple of the global batch by repeating its head, cut into `world_size` contiguous
-shards, and each rank reads consecutive local batches from its shard. Iteration never stops: after the last batch of
-epoch e comes the first batch of epoch e + 1.
+every rank. It is padded to a multiple of the global batch by repeating its head and cut into global batches; rank r
+takes the r-th slice of each. (The official sampler gives each rank a contiguous shard of the epoch instead; slicing
+every global batch means N processes train on exactly the batches one process would, so a run's result does not
+depend on how many processes share it.) Iteration never stops: after the last batch of epoch e comes the first batch
+of epoch e + 1.
 
 The position is (epoch, batches_done): the next batch to be yielded is batch `batches_done` of epoch `epoch`. Saving
 `state_dict()` and loading it into a fresh sampler continues with exactly the batches an uninterrupted run would see.
@@ -82,9 +84,9 @@ class ResumableDistributedSampler:
         return order.repeat(repeats)[:padded_size]
 
     def rank_shard(self, epoch: int) -> list[int]:
-        """This rank's contiguous part of the epoch order."""
-        shard_size = self.batches_per_epoch * self.batch_size
-        return self.epoch_order(epoch)[self.rank * shard_size : (self.rank + 1) * shard_size].tolist()
+        """This rank's slice of every global batch of the epoch, in batch order."""
+        order = self.epoch_order(epoch).view(self.batches_per_epoch, self.world_size, self.batch_size)
+        return order[:, self.rank].reshape(-1).tolist()
 
     def __iter__(self) -> Iterator[list[int] | list[SampleKey]]:
         while True:
