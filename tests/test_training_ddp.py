@@ -76,7 +76,7 @@ class RNGRecordingVARTask(VARTask):
         return super().train_step(step, keys)
 
 
-def _worker(rank: int, port: int, tokenizer_dir: str, output_dir: str) -> None:
+def _worker(rank: int, port: int, tokenizer_dir: str, output_dir: str, wrap: str) -> None:
     """One rank, set up by `setup_distributed` from the environment a launcher such as torchrun provides."""
     os.environ.update(
         RANK=str(rank),
@@ -88,7 +88,7 @@ def _worker(rank: int, port: int, tokenizer_dir: str, output_dir: str) -> None:
     torch.set_num_threads(1)
     run(
         RNGRecordingVARTask(tokenizer_dir, Path(output_dir).parent / f"rng_rank{rank}.pt"),
-        loop_config(Path(output_dir)),
+        loop_config(Path(output_dir), wrap=wrap),
     )
     gc.collect()  # the DDP-wrapped model goes before its process group does
     cleanup()
@@ -101,12 +101,13 @@ def exported_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "model" / "transformer" / "model.safetensors")
 
 
-def test_two_processes_reach_the_weights_of_one(tmp_path: Path):
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
+def test_two_processes_reach_the_weights_of_one(tmp_path: Path, wrap: str):
     torch.manual_seed(0)
     tokenizer_dir = str(save_pretrained(tmp_path / "tokenizer", tokenizer=Tokenizer(tokenizer_preset("debug"))))
     ddp_dir = tmp_path / "ddp" / "run"
     ddp_dir.parent.mkdir()
-    workers = mp.spawn(_worker, args=(free_port(), tokenizer_dir, str(ddp_dir)), nprocs=WORLD_SIZE, join=False)
+    workers = mp.spawn(_worker, args=(free_port(), tokenizer_dir, str(ddp_dir), wrap), nprocs=WORLD_SIZE, join=False)
 
     try:  # the single-process references train here while the two workers start up
         run(VARTask(task_config(tokenizer_dir)), loop_config(tmp_path / "single"))

@@ -1,5 +1,6 @@
 """Build a dataset by name: "procedural", "fashion-mnist", or a path to an image folder."""
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from nextscale.data.fashion_mnist import FashionMNIST
 from nextscale.data.folder import ImageFolderDataset
 from nextscale.data.procedural import PROCEDURAL_CLASSES, ProceduralShapes
 from nextscale.data.seeding import derive_seed
+
+logger = logging.getLogger(__name__)
 
 # Built-in dataset names (CLI choices); any other name is taken as the path of an image folder.
 DATASETS = ("procedural", "fashion-mnist")
@@ -82,6 +85,16 @@ class DataConfig:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.resize_ratio < 1.0:
             raise ValueError(f"resize_ratio must be >= 1, got {self.resize_ratio}")
+
+    def build_validation(self) -> ImageDataset:
+        """The "val" split, else "test", else (with a warning) the training images without augmentation."""
+        for split in ("val", "test"):
+            try:
+                return self.build(split)
+            except (FileNotFoundError, ValueError):
+                continue
+        logger.warning("no validation split found for %s; evaluating on training images", self.name)
+        return self.build("train")
 
     def build(self, split: str) -> ImageDataset:
         return build_dataset(

@@ -21,7 +21,8 @@ def psnr(images_BCHW: torch.Tensor, reference_BCHW: torch.Tensor) -> torch.Tenso
     return 10 * torch.log10(1.0 / mse_B.clamp_min(1e-10))
 
 
-def _sum_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def sum_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum each tensor over processes in place (identity without a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for value in values.values():
             dist.all_reduce(value)
@@ -72,7 +73,7 @@ def evaluate_tokenizer(
         for k, idx in enumerate(token_maps):
             sums["hits_KV"][k] += torch.bincount(idx.flatten(), minlength=V).float()
     tokenizer.train(was_training)
-    sums = _sum_over_processes(sums)
+    sums = sum_over_processes(sums)
     seen = sums["seen"].clamp_min(1)
     psnr_K = sums["psnr_K"] / seen
     out = {"psnr": float(psnr_K[-1]), "l1": float(sums["l1"] / seen), "images": float(sums["seen"])}
@@ -122,7 +123,7 @@ def evaluate_transformer(
             sums["correct_K"][k] += correct_BL[:, begin:end].sum()
         sums["seen"] += len(images)
     model.train(was_training)
-    sums = _sum_over_processes(sums)
+    sums = sum_over_processes(sums)
     lengths_K = torch.tensor(schedule.lengths, device=device, dtype=torch.float)
     tokens_K = sums["seen"].clamp_min(1) * lengths_K
     ce_K, acc_K = sums["ce_K"] / tokens_K, sums["correct_K"] / tokens_K * 100

@@ -7,6 +7,7 @@ process on `cuda:0` or the CPU and no process group is created; every helper her
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import logging
@@ -213,9 +214,65 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     on every rank): rank 0 receives full CPU tensors, the other ranks an empty dict.
     """
     plain = unwrap_model(model)
-    sharded = any(type(parameter).__name__ == "DTensor" for parameter in plain.parameters())
-    if not sharded:
+    if not is_sharded(plain):
         return plain.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(type(parameter).__name__ == "DTensor" for parameter in unwrap_model(model).parameters())
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (unsharded) state dict, as `full_state_dict` writes it, into a plain or FSDP2-sharded model."""
+    plain = unwrap_model(model)
+    if not is_sharded(plain):
+        plain.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(plain, state, options=StateDictOptions(full_state_dict=True))
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with full tensors (gathered under FSDP2; a collective then, call it on every rank)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    _reshard(model)
+    with _without_param_names(optimizer):
+        return get_optimizer_state_dict(unwrap_model(model), optimizer, options=options)
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    with _without_param_names(optimizer):
+        set_optimizer_state_dict(unwrap_model(model), optimizer, optim_state_dict=state, options=options)
+
+
+def _reshard(model: nn.Module) -> None:
+    """FSDP2 keeps the root's parameters unsharded after backward; the optimizer holds the sharded ones."""
+    for module in unwrap_model(model).modules():
+        if hasattr(module, "reshard") and type(module).__name__.startswith("FSDP"):
+            module.reshard()
+
+
+@contextlib.contextmanager
+def _without_param_names(optimizer: torch.optim.Optimizer):
+    """torch's distributed optimizer-state helpers expect parameter ids, not the `param_names` our groups carry."""
+    saved = [group.pop("param_names", None) for group in optimizer.param_groups]
+    try:
+        yield
+    finally:
+        for group, names in zip(optimizer.param_groups, saved):
+            if names is not None:
+                group["param_names"] = names

@@ -24,7 +24,13 @@ from torch import nn
 from nextscale.data.sampler import ResumableDistributedSampler
 from nextscale.data.seeding import derive_seed
 from nextscale.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from nextscale.train.distributed import DistributedContext, reduce_metrics, setup_distributed
+from nextscale.train.distributed import (
+    DistributedContext,
+    load_optimizer_state,
+    optimizer_state,
+    reduce_metrics,
+    setup_distributed,
+)
 from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta, progress_bar
 from nextscale.train.schedule import ScheduleConfig, apply_schedule
 
@@ -151,6 +157,10 @@ class Task:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The module each optimizer of `optimizers()` trains, under the same name."""
+        raise NotImplementedError
+
     def state_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """Weights to checkpoint, by file stem."""
         raise NotImplementedError
@@ -165,7 +175,8 @@ class Task:
         return {}
 
     def export(self, directory: Path) -> None:
-        """Write the trained model(s) in the library's own format (loadable by from_pretrained / nextscale sample)."""
+        """Write the trained model(s) in the library's own format (loadable by from_pretrained / nextscale sample).
+        Called on every process; only the main process writes."""
         raise NotImplementedError
 
     def config_dict(self) -> dict[str, Any]:
@@ -245,8 +256,8 @@ def run(task: Task, config: LoopConfig) -> Path:
         bar.close()
         metrics_log.close()
     export_dir = output_dir / "model"
+    task.export(export_dir)  # every rank: gathering sharded weights is a collective; the main process writes
     if dist.is_main_process:
-        task.export(export_dir)
         logger.info("model written to %s", export_dir)
     return export_dir
 
@@ -265,7 +276,8 @@ def _postfix(metrics: dict[str, float], limit: int | None = 4) -> str:
 
 
 def _save(task: Task, sampler, checkpoints: CheckpointManager, step: int, config: dict) -> None:
-    optimizers = {name: opt.state_dict() for name, opt in task.optimizers().items()}
+    modules = task.trained_modules()
+    optimizers = {name: optimizer_state(modules[name], opt) for name, opt in task.optimizers().items()}
     checkpoints.save(
         step,
         task.state_tensors(),
@@ -286,8 +298,9 @@ def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: Distribut
             "use another output directory"
         )
     task.load_state_tensors(checkpoint.tensors)
+    modules = task.trained_modules()
     for name, optimizer in task.optimizers().items():
-        optimizer.load_state_dict(checkpoint.optimizer[name])
+        load_optimizer_state(modules[name], optimizer, checkpoint.optimizer[name])
     sampler.load_state_dict(checkpoint.state["sampler"])
     if checkpoint.rng is not None and dist.world_size == 1:
         restore_rng_state(checkpoint.rng)

@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nextscale.data.build import DataConfig
+from nextscale.eval.metrics import evaluate_tokenizer, psnr, sum_over_processes
 from nextscale.pretrained import save_pretrained
 from nextscale.tokenizer.losses import (
     PatchDiscriminator,
@@ -27,10 +28,9 @@ from nextscale.tokenizer.losses import (
     hinge_discriminator_loss,
 )
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
-from nextscale.train.distributed import unwrap_model, wrap_model
+from nextscale.train.distributed import full_state_dict, load_full_state_dict, unwrap_model, wrap_model
 from nextscale.train.loop import StepContext, Task
 from nextscale.train.optim import build_optimizer
-from nextscale.train.var_task import reduce_metrics_sum
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +56,6 @@ class TokenizerTrainConfig:
     data: DataConfig | None = None
 
 
-def psnr(images_BCHW: torch.Tensor, reference_BCHW: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1] (peak 1 on the [0, 1] scale)."""
-    mse_B = ((images_BCHW.clamp(-1, 1) - reference_BCHW) / 2).square().flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse_B.clamp_min(1e-10))
-
-
 class TokenizerTask(Task):
     name = "tokenizer"
 
@@ -85,14 +79,14 @@ class TokenizerTask(Task):
                 f"but the data is {self.data.image_size} px: change --image-size or the preset"
             )
         self.dataset = self.data.build("train")
-        self.val_dataset = self._val_split()
+        self.val_dataset = self.data.build_validation()
         torch.manual_seed(ctx.loop.seed)
         self.tokenizer = Tokenizer(tokenizer_config).to(device)
-        self.optimizer = build_optimizer(
-            self.tokenizer, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=ctx.loop.weight_decay, betas=(0.5, 0.9)
-        )
         self.wrapped = (
             wrap_model(self.tokenizer, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.tokenizer
+        )
+        self.optimizer = build_optimizer(
+            self.tokenizer, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=ctx.loop.weight_decay, betas=(0.5, 0.9)
         )
         self.discriminator = self.disc_optimizer = None
         if self.config.gan_weight > 0:
@@ -121,28 +115,26 @@ class TokenizerTask(Task):
             tokenizer_config.patch_nums,
         )
 
-    def _val_split(self):
-        for split in ("val", "test"):
-            try:
-                return self.data.build(split)
-            except (FileNotFoundError, ValueError):
-                continue
-        return self.data.build("train")
-
     def optimizers(self):
         out = {"tokenizer": self.optimizer}
         if self.disc_optimizer is not None:
             out["discriminator"] = self.disc_optimizer
         return out
 
+    def trained_modules(self):
+        modules = {"tokenizer": self.tokenizer}
+        if self.discriminator is not None:
+            modules["discriminator"] = self.discriminator
+        return modules
+
     def state_tensors(self):
-        tensors = {"tokenizer": self.tokenizer.state_dict(), "usage": {"usage_KV": self.usage_KV}}
+        tensors = {"tokenizer": full_state_dict(self.wrapped), "usage": {"usage_KV": self.usage_KV}}
         if self.discriminator is not None:
             tensors["discriminator"] = self.discriminator.state_dict()
         return tensors
 
     def load_state_tensors(self, tensors):
-        self.tokenizer.load_state_dict(tensors["tokenizer"])
+        load_full_state_dict(self.tokenizer, tensors["tokenizer"])
         self.usage_KV.copy_(tensors["usage"]["usage_KV"])
         if self.discriminator is not None:
             self.discriminator.load_state_dict(tensors["discriminator"])
@@ -196,7 +188,7 @@ class TokenizerTask(Task):
         grad_norm = ctx.clip_and_step(self.optimizer, self.tokenizer.parameters())
         if use_gan:
             sums["gan_d_loss"] = self._discriminator_step(reals, fakes)
-        hits_KV = reduce_metrics_sum({"hits": hits_KV})["hits"]
+        hits_KV = sum_over_processes({"hits": hits_KV})["hits"]
         self.usage_KV.mul_(USAGE_DECAY).add_(hits_KV / hits_KV.sum(1, keepdim=True), alpha=1 - USAGE_DECAY)
         # not after a refused (non-finite) update: the pool would put NaN codes into the codebook
         if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0 and math.isfinite(grad_norm):
@@ -252,40 +244,19 @@ class TokenizerTask(Task):
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation PSNR (dB), L1 and per-scale codebook usage (% of codes used at least once)."""
         ctx = self.ctx
-        self.tokenizer.eval()
-        size = ctx.per_rank_batch
-        count = min(len(self.val_dataset), ctx.loop.eval_batches * size * ctx.dist.world_size)
-        indices = list(range(ctx.dist.rank, count, ctx.dist.world_size))
-        K, V = self.usage_KV.shape
-        sums = {
-            "psnr": torch.zeros((), device=ctx.dist.device),
-            "l1": torch.zeros((), device=ctx.dist.device),
-            "seen": torch.zeros((), device=ctx.dist.device),
-            "hits": torch.zeros(K, V, device=ctx.dist.device),
-        }
-        for begin in range(0, len(indices), size):
-            images = self._images(indices[begin : begin + size], self.val_dataset)
-            token_maps, fhat_list = self.tokenizer.encode_with_fhat(images)
-            rec = self.tokenizer.decode_fhat(fhat_list[-1])
-            sums["psnr"] += psnr(rec, images).sum()
-            sums["l1"] += (rec - images).abs().flatten(1).mean(1).sum()
-            sums["seen"] += len(images)
-            for k, idx in enumerate(token_maps):
-                sums["hits"][k] += torch.bincount(idx.flatten(), minlength=V).float()
-        self.tokenizer.train()
-        sums = reduce_metrics_sum(sums)
-        out = {"psnr": float(sums["psnr"] / sums["seen"]), "l1": float(sums["l1"] / sums["seen"])}
-        used_K = (sums["hits"] > 0).float().mean(1) * 100
-        for side, used in zip(self.tokenizer.config.patch_nums, used_K):
-            out[f"usage_{side}x{side}"] = float(used)
-        out["usage_all"] = float((sums["hits"].sum(0) > 0).float().mean() * 100)
-        return out
+        return evaluate_tokenizer(
+            unwrap_model(self.wrapped), self.val_dataset, batch_size=ctx.per_rank_batch,
+            limit=ctx.loop.eval_batches * ctx.loop.batch_size, rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+        )  # fmt: skip
 
     def export(self, directory: Path) -> None:
-        tokenizer = unwrap_model(self.wrapped)
+        state = full_state_dict(self.wrapped)  # a collective under FSDP; the plain state dict otherwise
+        if not self.ctx.dist.is_main_process:
+            return
+        tokenizer = Tokenizer(self.tokenizer.config)
+        tokenizer.load_state_dict(state)
         metadata = {"classes": list(self.dataset.classes), "trained_with": self.config_dict()}
         save_pretrained(directory, tokenizer=tokenizer, metadata=metadata)

@@ -14,11 +14,18 @@ from torch import nn
 
 from nextscale.data.build import DataConfig
 from nextscale.data.seeding import SampleKey
+from nextscale.eval.metrics import evaluate_transformer
 from nextscale.model.config import VARConfig, var_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer
-from nextscale.train.distributed import reduce_metrics, unwrap_model, wrap_model
+from nextscale.train.distributed import (
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    unwrap_model,
+    wrap_model,
+)
 from nextscale.train.ema import EMA
 from nextscale.train.loop import StepContext, Task
 from nextscale.train.optim import build_optimizer
@@ -72,7 +79,7 @@ class VARTask(Task):
             raise ValueError(f"{self.config.tokenizer} holds no tokenizer")
         self.tokenizer: Tokenizer = tokenizer.requires_grad_(False)
         self.dataset = self.data.build("train")
-        self.val_dataset = self._val_split()
+        self.val_dataset = self.data.build_validation()
         if self.data.image_size != tokenizer.config.image_size:
             raise ValueError(
                 f"the data is {self.data.image_size} px but the tokenizer takes {tokenizer.config.image_size} px images"
@@ -86,10 +93,11 @@ class VARTask(Task):
         check_fits(model_config, tokenizer)
         torch.manual_seed(ctx.loop.seed)  # same initial weights on every rank
         self.model = VAR(model_config).to(device)
+        # wrap first: FSDP replaces the parameters with sharded ones, which the optimizer must hold
+        self.wrapped = wrap_model(self.model, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.model
         self.optimizer = build_optimizer(
             self.model, ctx.loop.base_lr, ctx.loop.batch_size, weight_decay=ctx.loop.weight_decay
         )
-        self.wrapped = wrap_model(self.model, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.model
         self.ema = EMA(self.model, ctx.loop.ema_decay) if ctx.loop.ema_decay > 0 else None
         self.cache = None
         if self.config.cache_tokens and is_deterministic(self.dataset):
@@ -99,26 +107,20 @@ class VARTask(Task):
             "transformer %s: %.2fM parameters, %d classes", self.config.preset, n / 1e6, model_config.num_classes
         )
 
-    def _val_split(self):
-        for split in ("val", "test"):
-            try:
-                return self.data.build(split)
-            except (FileNotFoundError, ValueError):
-                continue
-        logger.warning("no validation split found; evaluating on training images")
-        return self.data.build("train")
-
     def optimizers(self):
         return {"model": self.optimizer}
 
+    def trained_modules(self):
+        return {"model": self.model}
+
     def state_tensors(self):
-        tensors = {"model": self.model.state_dict()}
+        tensors = {"model": full_state_dict(self.wrapped)}
         if self.ema is not None:
             tensors["ema"] = self.ema.state_dict()
         return tensors
 
     def load_state_tensors(self, tensors):
-        self.model.load_state_dict(tensors["model"])
+        load_full_state_dict(self.model, tensors["model"])
         if self.ema is not None and "ema" in tensors:
             self.ema.load_state_dict(tensors["ema"])
 
@@ -188,51 +190,23 @@ class VARTask(Task):
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Validation L_mean, L_tail, acc_mean, acc_tail and per-scale loss/accuracy (labels kept, no dropout)."""
-        ctx, model = self.ctx, self.model
-        model.eval()
-        schedule = model.schedule
-        size = ctx.per_rank_batch
-        count = min(len(self.val_dataset), ctx.loop.eval_batches * size * ctx.dist.world_size)
-        indices = list(range(ctx.dist.rank, count, ctx.dist.world_size))
-        ce_sum = torch.zeros(schedule.num_scales, device=ctx.dist.device)
-        correct_sum = torch.zeros_like(ce_sum)
-        seen = torch.zeros((), device=ctx.dist.device)
-        for begin in range(0, len(indices), size):
-            keys = indices[begin : begin + size]
-            token_maps, labels_B = self.tokens_and_labels(keys, self.val_dataset, None)
-            targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)
-            with ctx.autocast():
-                logits_BLV = model(labels_B, self.tokenizer.teacher_input(token_maps))
-            ce_BL = cross_entropy_per_token(logits_BLV, targets_BL)
-            correct_BL = (logits_BLV.argmax(-1) == targets_BL).float()
-            for k in range(schedule.num_scales):
-                b, e = schedule.span(k)
-                ce_sum[k] += ce_BL[:, b:e].sum()
-                correct_sum[k] += correct_BL[:, b:e].sum()
-            seen += len(keys)
-        model.train()
-        lengths = torch.tensor(schedule.lengths, device=ce_sum.device, dtype=torch.float)
-        per_token = {"ce": ce_sum, "correct": correct_sum, "seen": seen}
-        per_token = {k: v for k, v in reduce_metrics_sum(per_token).items()}
-        ce_k = per_token["ce"] / (per_token["seen"] * lengths)
-        acc_k = per_token["correct"] / (per_token["seen"] * lengths) * 100
-        total = lengths.sum()
-        out = {
-            "L_mean": float((ce_k * lengths).sum() / total),
-            "L_tail": float(ce_k[-1]),
-            "acc_mean": float((acc_k * lengths).sum() / total),
-            "acc_tail": float(acc_k[-1]),
-        }
-        for k, side in enumerate(schedule.patch_nums):
-            out[f"scale_{side}x{side}_loss"] = float(ce_k[k])
-            out[f"scale_{side}x{side}_acc"] = float(acc_k[k])
-        return out
+        ctx = self.ctx
+        limit = ctx.loop.eval_batches * ctx.loop.batch_size
+        return evaluate_transformer(
+            unwrap_model(self.wrapped), self.tokenizer, self.val_dataset, batch_size=ctx.per_rank_batch, limit=limit,
+            rank=ctx.dist.rank, world_size=ctx.dist.world_size, autocast_dtype=ctx.loop.autocast_dtype,
+        )  # fmt: skip
 
     def export(self, directory: Path) -> None:
         model = unwrap_model(self.wrapped)
+        if is_sharded(model):  # gather into a plain copy (a collective: every rank takes part)
+            state, model = full_state_dict(self.wrapped), VAR(self.model.config)
+            if state:
+                model.load_state_dict(state)
+        if not self.ctx.dist.is_main_process:
+            return
         if self.ema is not None:
             with self.ema.applied_to(model):
                 self._export(directory, model)
@@ -243,16 +217,6 @@ class VARTask(Task):
         metadata = read_metadata(self.config.tokenizer)
         metadata.update(classes=list(self.dataset.classes), trained_with=self.config_dict())
         save_pretrained(directory, tokenizer=self.tokenizer, model=model, metadata=metadata)
-
-
-def reduce_metrics_sum(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum tensors over processes (identity when not distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for value in values.values():
-            dist.all_reduce(value)
-    return values
 
 
 def check_fits(config: VARConfig, tokenizer: Tokenizer) -> None:
@@ -271,4 +235,4 @@ def check_fits(config: VARConfig, tokenizer: Tokenizer) -> None:
         raise ValueError("the tokenizer does not fit the transformer config: " + "; ".join(problems))
 
 
-__all__ = ["VARTask", "VARTrainConfig", "check_fits", "reduce_metrics"]
+__all__ = ["VARTask", "VARTrainConfig", "check_fits"]
