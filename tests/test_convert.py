@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -308,3 +309,42 @@ def test_official_trainer_checkpoints_are_unwrapped(tmp_path, var_state):
     loaded = read_state_dict(path)
     assert loaded.keys() == var_state.keys()
     assert all(torch.equal(loaded[k], v) for k, v in var_state.items())
+
+
+def test_model_names_download_from_the_hub_and_load(tmp_path, monkeypatch):
+    """`load_official("vqvae", "var-d16")` asks huggingface_hub for the released file names; the files it returns
+    are read as any local checkpoint (here the tiny_a fixture stands in for the downloaded files)."""
+    hub = pytest.importorskip("huggingface_hub")
+    assets = Path(__file__).resolve().parent / "assets"
+    asked = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(assets / ("tiny_a_vae.pth" if filename.startswith("vae") else "tiny_a_var.pth"))
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
+    monkeypatch.chdir(tmp_path)  # no local files named like the models
+    tokenizer, model = load_official("vqvae", "var-d16")
+    assert asked == [("FoundationVision/var", "var_d16.pth"), ("FoundationVision/var", "vae_ch160v4096z32.pth")]
+    assert model.config.depth == 2 and tokenizer.vocab_size == 64
+
+
+def test_offline_download_gives_a_clear_message(tmp_path, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+
+    def offline(repo_id, filename, **kwargs):
+        raise OSError("We couldn't connect to the Hub")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"could not download var_d30\.pth from FoundationVision/var"):
+        load_official("vqvae", "var-d30")
+
+
+def test_without_huggingface_hub_a_model_name_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails as if not installed
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"pip install 'nextscale\[hub\]'"):
+        load_official("vqvae", "var-d16")

@@ -247,3 +247,13 @@ def test_tokenizer_and_transformer_must_fit(make_debug_pair):
     _, model = make_debug_pair(vocab_size=32)
     with pytest.raises(ValueError, match="does not fit"):
         generate(model, tokenizer, [0], seed=0)
+
+
+def test_bf16_autocast_sampling_agrees_with_fp32_at_the_first_scales(debug_models):
+    tokenizer, model = debug_models
+    fp32 = generate(model, tokenizer, [1, 2, 3], cfg=1.5, top_k=1, seed=0)
+    bf16 = generate(model, tokenizer, [1, 2, 3], cfg=1.5, top_k=1, seed=0, autocast_dtype=torch.bfloat16)
+    assert bf16.images.dtype == torch.float32 and bf16.images.shape == fp32.images.shape
+    assert bf16.images.min() >= 0.0 and bf16.images.max() <= 1.0
+    assert torch.equal(bf16.token_maps[0], fp32.token_maps[0])  # greedy 1×1 tokens: bf16 keeps the argmax
+    assert (bf16.images - fp32.images).abs().mean() < 0.1
