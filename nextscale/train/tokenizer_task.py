@@ -205,7 +205,7 @@ class TokenizerTask(Task):
             with ctx.sync_context(self.disc_wrapped, i == len(reals) - 1), ctx.autocast():
                 d_loss = hinge_discriminator_loss(self.disc_wrapped(real), self.disc_wrapped(fake))
                 ctx.backward(d_loss)
-            total += float(d_loss) / len(reals)
+            total += float(d_loss.detach()) / len(reals)
         ctx.clip_and_step(self.disc_optimizer, self.discriminator.parameters())
         return total
 
