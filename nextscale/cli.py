@@ -210,6 +210,7 @@ def _add_data(parser: argparse.ArgumentParser, image_size: int) -> None:
     group.add_argument("--data-root", help="where the data lives when --data names a built-in set")
     group.add_argument("--image-size", type=int, default=image_size)
     group.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    group.add_argument("--allow-single-class", action="store_true", help="accept an image folder with one class")
 
 
 def _add_loop(parser: argparse.ArgumentParser, out: str, steps: int, batch: int, lr: float, wd: float) -> None:
@@ -268,7 +269,14 @@ def loop_config(args):
 def data_config(args):
     from nextscale.data.build import DataConfig
 
-    return DataConfig(name=args.data, image_size=args.image_size, root=args.data_root, seed=args.seed, hflip=args.hflip)
+    return DataConfig(
+        name=args.data,
+        image_size=args.image_size,
+        root=args.data_root,
+        seed=args.seed,
+        hflip=args.hflip,
+        allow_single_class=args.allow_single_class,
+    )
 
 
 def cmd_train_tokenizer(args) -> None:

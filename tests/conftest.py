@@ -8,6 +8,7 @@ when it is absent. The official key tables (about 100 KB) are copied into tests/
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,19 @@ SHARED_PARITY = SHARED / "parity"
 KEY_TABLES = ASSETS / "keys"
 
 PARITY_NAMES = ("tiny_a", "tiny_b", "tiny_e")
+
+
+@pytest.fixture(autouse=True)
+def reset_package_logger():
+    """Training runs point the `nextscale` logger at their own handlers and stop propagation; undo that after each
+    test so that later tests (and caplog) see the records as usual."""
+    yield
+    package_logger = logging.getLogger("nextscale")
+    for handler in list(package_logger.handlers):
+        package_logger.removeHandler(handler)
+        handler.close()
+    package_logger.propagate = True
+    package_logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -90,7 +90,8 @@ class ImageFolderDataset(ImageDataset):
         if num_used_classes < 2 and not allow_single_class:
             raise ValueError(
                 f"{self.folder} has images of only {num_used_classes} class; class-conditional training needs at least"
-                " two classes (pass allow_single_class=True to use it anyway)"
+                " two classes (pass allow_single_class=True, or --allow-single-class on the command line, to use it"
+                " anyway)"
             )
         train = split == "train" if train is None else train
         self.transform = ImageTransform(image_size, train=train, resize_ratio=resize_ratio, hflip=hflip, seed=seed)

@@ -240,6 +240,8 @@ def run(task: Task, config: LoopConfig) -> Path:
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 metrics = reduce_metrics(metrics, dist.device) if dist.is_distributed else metrics
                 metrics.update(lr=lr, weight_decay=wd, images_per_second=images_per_second or 0.0)
+                if getattr(task.dataset, "skipped_files", 0):  # unreadable images, skipped (named in the log)
+                    metrics["skipped_files"] = float(task.dataset.skipped_files)
                 eta = throughput.eta_seconds((config.steps - step - 1) * config.batch_size)
                 metrics_log.log(step + 1, metrics)
                 bar.set_postfix_str(_postfix(metrics) + f" eta {format_eta(eta)}")
