@@ -63,6 +63,16 @@ class VARConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+# what a transformer needs to fit the 32-px Fashion-MNIST tokenizer preset "fmnist-32" (10 classes)
+_FITS_FMNIST_32 = dict(
+    num_classes=10,
+    vocab_size=512,
+    latent_channels=16,
+    patch_nums=(1, 2, 3, 4, 6, 8),
+    drop_path_rate=0.0,
+    init_adaln_gamma_scale=1e-3,
+)
+
 # Presets hold constructor arguments (not built configs) so that overriding `depth` re-derives width, heads, drop path.
 VAR_PRESETS: dict[str, dict] = {
     "var-d16": dict(depth=16),
@@ -70,30 +80,9 @@ VAR_PRESETS: dict[str, dict] = {
     "var-d24": dict(depth=24),
     "var-d30": dict(depth=30),
     "var-d36": dict(depth=36, shared_adaln=True, patch_nums=SCHEDULES["512"]),
-    # CPU-sized models for the 32-px tokenizer preset "fmnist-32" (patch_nums 1,2,3,4,6,8)
-    "fmnist-small": dict(
-        depth=6,
-        width=256,
-        num_heads=4,
-        num_classes=10,
-        vocab_size=512,
-        latent_channels=16,
-        patch_nums=(1, 2, 3, 4, 6, 8),
-        drop_path_rate=0.0,
-        init_adaln_gamma_scale=1e-3,
-    ),
-    # the quickstart's model: minutes on two CPU cores
-    "fmnist-tiny": dict(
-        depth=4,
-        width=128,
-        num_heads=2,
-        num_classes=10,
-        vocab_size=512,
-        latent_channels=16,
-        patch_nums=(1, 2, 3, 4, 6, 8),
-        drop_path_rate=0.0,
-        init_adaln_gamma_scale=1e-3,
-    ),
+    # CPU-sized models for the 32-px tokenizer preset "fmnist-32"
+    "fmnist-small": dict(depth=6, width=256, num_heads=4, **_FITS_FMNIST_32),
+    "fmnist-tiny": dict(depth=4, width=128, num_heads=2, **_FITS_FMNIST_32),  # the quickstart's: minutes on 2 cores
     "debug": dict(
         depth=2,
         width=64,

@@ -154,7 +154,8 @@ class TokenizerTask(Task):
         micro = ctx.micro_batches(keys)
         sums: dict[str, float] = {}
         hits_KV = torch.zeros_like(self.usage_KV)
-        pool = []
+        restart_now = bool(cfg.dead_code_every) and (step + 1) % cfg.dead_code_every == 0
+        pool = []  # residual vectors for dead-code restarts, gathered only on the steps that restart
         fakes, reals = [], []
         for i, micro_keys in enumerate(micro):
             images = self._images(micro_keys, self.dataset)
@@ -181,7 +182,8 @@ class TokenizerTask(Task):
                 sums[name] = sums.get(name, 0.0) + float(value) / len(micro)
             for k, idx in enumerate(out.token_maps):
                 hits_KV[k] += torch.bincount(idx.flatten(), minlength=hits_KV.shape[1]).float()
-            pool += [z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in out.residuals]
+            if restart_now:
+                pool += [z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) for z in out.residuals]
             if use_gan:
                 fakes.append(rec.detach())
                 reals.append(images)
@@ -191,7 +193,7 @@ class TokenizerTask(Task):
         hits_KV = sum_over_processes({"hits": hits_KV})["hits"]
         self.usage_KV.mul_(USAGE_DECAY).add_(hits_KV / hits_KV.sum(1, keepdim=True), alpha=1 - USAGE_DECAY)
         # not after a refused (non-finite) update: the pool would put NaN codes into the codebook
-        if cfg.dead_code_every and (step + 1) % cfg.dead_code_every == 0 and math.isfinite(grad_norm):
+        if restart_now and math.isfinite(grad_norm):
             sums["codes_restarted"] = float(self.restart_dead_codes(step, torch.cat(pool)))
         sums["grad_norm"] = grad_norm
         sums.update(self.usage_metrics())

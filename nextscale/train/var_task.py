@@ -50,9 +50,12 @@ class VARTrainConfig:
     data: DataConfig | None = None
 
 
-def _metrics(logits_BLV: torch.Tensor, targets_BL: torch.Tensor, tail: int) -> dict[str, torch.Tensor]:
-    """The official trainer's logged metrics: mean and last-scale cross-entropy and top-1 accuracy (%)."""
-    ce_BL = cross_entropy_per_token(logits_BLV.detach(), targets_BL)
+def _metrics(
+    logits_BLV: torch.Tensor, targets_BL: torch.Tensor, tail: int, ce_BL: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The official trainer's logged metrics: mean and last-scale cross-entropy (plain, without label smoothing; pass
+    the loss's own `ce_BL` when it has none) and top-1 accuracy (%)."""
+    ce_BL = cross_entropy_per_token(logits_BLV.detach(), targets_BL) if ce_BL is None else ce_BL.detach()
     correct_BL = (logits_BLV.detach().argmax(-1) == targets_BL).float()
     return {
         "L_mean": ce_BL.mean(),
@@ -179,7 +182,8 @@ class VARTask(Task):
             weight_L[end - tail :] = newest_weight
             loss = (ce_BL * weight_L).sum(1).div(weight_L.sum()).mean()
             ctx.backward(loss)
-            for name, value in {"loss": loss.detach(), **_metrics(logits_BLV, targets_BL, tail)}.items():
+            plain_ce_BL = ce_BL if self.config.label_smoothing == 0 else None  # reuse it rather than recompute
+            for name, value in {"loss": loss.detach(), **_metrics(logits_BLV, targets_BL, tail, plain_ce_BL)}.items():
                 sums[name] = sums.get(name, 0) + value / len(micro)
         grad_norm = ctx.clip_and_step(self.optimizer, self.model.parameters())
         if self.ema is not None:
