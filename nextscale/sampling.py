@@ -11,7 +11,7 @@ the official code's tokens. Letters: B batch, l one scale's tokens, V vocabulary
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -22,6 +22,8 @@ from nextscale.model.var import VAR
 from nextscale.tokenizer.tokenizer import Tokenizer
 
 LabelsLike = int | Sequence[int] | torch.Tensor | None
+# called after each scale with (scale index, f̂ so far (B, Cv, H, W), that scale's token map (B, h, w)); for previews
+ScaleCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def _next_scale_loop(
     autocast_dtype: torch.dtype | None,
     keep: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
     trace: bool = False,
+    on_scale: ScaleCallback | None = None,
 ):
     """The sampler proper. `keep` = (the input image's token maps, per-scale keep masks) for editing."""
     schedule, quantizer = model.schedule, tokenizer.quantizer
@@ -174,6 +177,8 @@ def _next_scale_loop(
         if trace:
             records["fhat"].append(f_hat.clone())
             records["next_input"].append(next_BChw.clone())
+        if on_scale is not None:
+            on_scale(k, f_hat, idx_Bhw)
         if k < K - 1:
             x_BlC = model.scale_tokens(k + 1, next_BChw.flatten(2).transpose(1, 2)).repeat(2, 1, 1)
     with cast:
@@ -201,6 +206,7 @@ def generate(
     batch_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
+    on_scale: ScaleCallback | None = None,
 ) -> Generation:
     """Class-conditional images. `labels`: a list/tensor of classes, one int for all (`batch_size` copies; negative
     → unconditional), or None for `batch_size` random classes. `autocast_dtype=torch.bfloat16` runs the transformer
@@ -211,7 +217,7 @@ def generate(
     generator = _make_generator(seed, device)
     labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
     images, token_maps, records = _next_scale_loop(
-        model, tokenizer, labels_B, settings, generator, autocast_dtype, trace=trace
+        model, tokenizer, labels_B, settings, generator, autocast_dtype, trace=trace, on_scale=on_scale
     )
     return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records)
 
@@ -230,6 +236,7 @@ def edit(
     seed: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
+    on_scale: ScaleCallback | None = None,
 ) -> Generation:
     """Zero-shot in-painting, out-painting and class-conditional editing.
 
@@ -250,7 +257,15 @@ def edit(
     given_maps = tokenizer.encode(images.to(device))
     masks = _keep_masks(keep_mask.to(device), B, model.schedule.patch_nums)
     out, token_maps, records = _next_scale_loop(
-        model, tokenizer, labels_B, settings, generator, autocast_dtype, keep=(given_maps, masks), trace=trace
+        model,
+        tokenizer,
+        labels_B,
+        settings,
+        generator,
+        autocast_dtype,
+        keep=(given_maps, masks),
+        trace=trace,
+        on_scale=on_scale,
     )
     return Generation(images=out, token_maps=token_maps, labels=labels_B, trace=records)
 
