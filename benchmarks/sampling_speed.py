@@ -1,7 +1,7 @@
 """Sampling throughput: VAR's next-scale loop (fp32 and bf16) against a next-token baseline of the same size.
 
     python benchmarks/sampling_speed.py                                  # CPU-sized fmnist-small, batch 8
-    python benchmarks/sampling_speed.py --preset var-d16 --batch-size 4  # the released 256-px architecture
+    python benchmarks/sampling_speed.py --preset var-d16 --tokenizer vqvae-f16-c160 --batch-size 4  # released sizes
 
 Weights are random (speed does not depend on them). The baseline runs the same transformer blocks one token at a
 time with a KV cache (raster-order autoregression over the same L tokens), i.e. what a GPT-style image generator of
@@ -15,16 +15,7 @@ import time
 
 import torch
 
-from nextscale import VAR, Tokenizer, generate, tokenizer_preset, var_preset
-
-PAIRS = {  # transformer preset → tokenizer preset it fits
-    "fmnist-small": "fmnist-32",
-    "debug": "debug",
-    "var-d16": "vqvae-f16-c160",
-    "var-d20": "vqvae-f16-c160",
-    "var-d24": "vqvae-f16-c160",
-    "var-d30": "vqvae-f16-c160",
-}
+from nextscale import TOKENIZER_PRESETS, VAR, VAR_PRESETS, Tokenizer, generate, tokenizer_preset, var_preset
 
 
 @torch.no_grad()
@@ -41,7 +32,7 @@ def next_token_baseline(model: VAR, batch_size: int, dtype: torch.dtype | None) 
         with cast:
             logits = model.step(x, cond, cache)
         token = logits[:batch_size, -1].argmax(-1)
-        embedding = model.token_embed.weight.new_zeros(batch_size, 1, model.config.latent_channels)
+        embedding = model.token_embed.weight.new_zeros(batch_size, 1, model.token_space.latent_channels)
         embedding[:, 0, 0] = token.float()  # stand-in input of the right shape; cost is what is measured
         x = model.token_embed(embedding) + model.pos_embed[:, position : position + 1]
         x = x.repeat(2, 1, 1)
@@ -57,7 +48,8 @@ def timed(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="fmnist-small", choices=sorted(PAIRS))
+    parser.add_argument("--preset", default="fmnist-small", choices=sorted(VAR_PRESETS), help="transformer preset")
+    parser.add_argument("--tokenizer", default="fmnist-32", choices=sorted(TOKENIZER_PRESETS), help="its tokenizer")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,8 +57,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = VAR(var_preset(args.preset)).to(args.device).eval()
-    tokenizer = Tokenizer(tokenizer_preset(PAIRS[args.preset])).to(args.device).eval()
+    tokenizer = Tokenizer(tokenizer_preset(args.tokenizer)).to(args.device).eval()
+    model = VAR(var_preset(args.preset), tokenizer.token_space).to(args.device).eval()
     B = args.batch_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"{args.preset}: {params:.1f}M parameters, {model.schedule.total_length} tokens in "

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections import Counter
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from nextscale.model.config import VARConfig
 from nextscale.model.var import VAR
-from nextscale.scales import SCHEDULES, ScaleSchedule
+from nextscale.scales import SCHEDULES, ScaleSchedule, parse_patch_nums
+from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
+from nextscale.weights import CheckpointError, load_strict, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ VAR_DERIVED = ["lvl_1L", "attn_bias_for_masking", "blocks.{i}.attn.zero_k_bias"]
 _PLACEHOLDERS = {"i": r"\d+", "p": r"weight|bias", "rest": r".+"}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded, with the reason."""
-
-
 def _compile(template: str) -> re.Pattern:
     parts = re.split(r"\{(\w+)\}", template)
     regex = "".join(
@@ -96,64 +92,9 @@ def rename(state: dict, table: list[tuple[str, str]], derived: list[str] = (), r
         else:
             unknown.append(key)
     if unknown:
-        raise CheckpointError(f"unexpected keys (no rule maps them): {', '.join(unknown[:10])}" + _more(unknown))
+        more = f" … and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise CheckpointError(f"unexpected keys (no rule maps them): {', '.join(unknown[:10])}{more}")
     return out
-
-
-def _more(items: list) -> str:
-    return f" … and {len(items) - 10} more" if len(items) > 10 else ""
-
-
-# ---- reading files --------------------------------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """torch.load with weights_only=True and errors that say what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if not any(marker in str(err) for marker in ("GLOBAL", "Unsupported class")):
-            # no class or function reference stopped the unpickler: the bytes are simply not a checkpoint
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {err}") from None
-        raise CheckpointError(
-            f"{path} is not a plain weights file: loading it would need to run code from the pickle ({err}). "
-            "Only state dicts of tensors are read (torch.load(..., weights_only=True))."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {err}") from None
-    # the official trainer's checkpoints nest the state dicts
-    if isinstance(obj, dict) and isinstance(obj.get("trainer"), dict):
-        trainer = obj["trainer"]
-        obj = trainer.get("var_wo_ddp", trainer.get("vae_local", obj))
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        kind = type(obj).__name__
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors), but a {kind}")
-    return obj
-
-
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """load_state_dict(strict=True) with one readable error listing missing, unexpected and mis-shaped tensors."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:10])}{_more(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:10])}{_more(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches: {'; '.join(shapes[:10])}{_more(shapes)}")
-    if problems:
-        raise CheckpointError(f"{what} does not fit: " + " | ".join(problems))
-    module.load_state_dict(state, strict=True, assign=any(p.is_meta for p in module.parameters()))
 
 
 # ---- inferring configs ----------------------------------------------------------------------------------------------
@@ -215,9 +156,17 @@ def patch_nums_from_official(state: dict) -> tuple[int, ...]:
     raise CheckpointError(f"cannot infer the scale schedule of a {length}-token model: pass patch_nums")
 
 
-def var_config_from_official(
-    state: dict, patch_nums: tuple[int, ...] | None = None, num_heads: int | None = None
-) -> VARConfig:
+def token_space_from_official_var(state: dict, patch_nums: tuple[int, ...] | None = None) -> TokenSpace:
+    """The token space a transformer checkpoint was trained on: vocabulary from the head, latent channels from the
+    input embedding, schedule from the saved level ids (or `patch_nums`)."""
+    return TokenSpace(
+        vocab_size=_require(state, "head.weight", "transformer").shape[0],
+        latent_channels=_require(state, "word_embed.weight", "transformer").shape[1],
+        patch_nums=tuple(patch_nums) if patch_nums is not None else patch_nums_from_official(state),
+    )
+
+
+def var_config_from_official(state: dict, num_heads: int | None = None) -> VARConfig:
     width = _require(state, "pos_start", "transformer").shape[-1]
     depth = len({m.group(1) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     scale_mul = state.get("blocks.0.attn.scale_mul_1H11")
@@ -227,15 +176,11 @@ def var_config_from_official(
             raise CheckpointError(f"num_heads={num_heads} given, but the checkpoint has {heads} heads")
     else:
         heads = num_heads if num_heads is not None else max(width // 64, 1)
-    head = _require(state, "head.weight", "transformer")
     return VARConfig(
         depth=depth,
         width=width,
         num_heads=heads,
         num_classes=_require(state, "class_emb.weight", "transformer").shape[0] - 1,
-        vocab_size=head.shape[0],
-        latent_channels=_require(state, "word_embed.weight", "transformer").shape[1],
-        patch_nums=tuple(patch_nums) if patch_nums is not None else patch_nums_from_official(state),
         mlp_ratio=_require(state, "blocks.0.ffn.fc1.weight", "transformer").shape[0] / width,
         shared_adaln="shared_ada_lin.1.weight" in state,
         l2_norm_attention=scale_mul is not None,
@@ -253,10 +198,13 @@ def tokenizer_from_official(state: dict, patch_nums=None, device="cpu") -> Token
     return tokenizer.to(device).eval().requires_grad_(False)
 
 
-def var_from_official(state: dict, patch_nums=None, num_heads=None, device="cpu") -> VAR:
-    config = var_config_from_official(state, patch_nums, num_heads)
+def var_from_official(state: dict, token_space: TokenSpace, num_heads=None, device="cpu") -> VAR:
+    """A transformer checkpoint → VAR for `token_space` (the tokenizer's; it must be the one the checkpoint was
+    trained on)."""
+    require_same_token_space(token_space, token_space_from_official_var(state, token_space.patch_nums))
+    config = var_config_from_official(state, num_heads)
     with torch.device("meta"):
-        model = VAR(config)
+        model = VAR(config, token_space)
     ours = rename(state, VAR_NAMES, VAR_DERIVED)
     load_strict(model, ours, "transformer checkpoint")
     _rebuild_buffers(model, state["pos_1LC"].device)
@@ -332,15 +280,27 @@ def load_official(
     Paths, or model names: `var_path="var-d16"` (… `"var-d36"`) and `vae_path="vqvae"` download the released files
     from the Hugging Face repo FoundationVision/var when huggingface_hub is installed and online."""
     var_file = _resolve(var_path, HF_MODEL_FILES.get(str(var_path)))
-    vae_file = _resolve(vae_path, HF_TOKENIZER_FILE if str(vae_path) in ("vqvae", "vae", HF_TOKENIZER_FILE) else None)
     var_state = read_state_dict(var_file)
     if "pos_1LC" not in var_state and "quantize.embedding.weight" in var_state:
         raise CheckpointError(f"{var_file} is a tokenizer checkpoint; the transformer checkpoint was expected there")
-    model = var_from_official(var_state, patch_nums, num_heads, device)
-    tokenizer = tokenizer_from_official(read_state_dict(vae_file), model.config.patch_nums, device)
-    if (tokenizer.vocab_size, tokenizer.latent_channels) != (model.config.vocab_size, model.config.latent_channels):
-        raise CheckpointError(
-            f"tokenizer (vocab {tokenizer.vocab_size}, {tokenizer.latent_channels} channels) does not fit the "
-            f"transformer (vocab {model.config.vocab_size}, {model.config.latent_channels} channels)"
-        )
-    return tokenizer, model
+    patch_nums = tuple(patch_nums) if patch_nums is not None else patch_nums_from_official(var_state)
+    tokenizer = load_official_tokenizer(vae_path, patch_nums, device)
+    try:
+        return tokenizer, var_from_official(var_state, tokenizer.token_space, num_heads, device)
+    except CheckpointError:
+        raise
+    except ValueError as err:  # the two files belong to different models
+        raise CheckpointError(f"{vae_path} does not fit {var_file}: {err}") from None
+
+
+def load_official_tokenizer(
+    vae_path: str | os.PathLike, patch_nums: tuple[int, ...] | str | None = None, device: str | torch.device = "cpu"
+) -> Tokenizer:
+    """An official tokenizer checkpoint (a path, or "vqvae" to download the released one) with a scale schedule:
+    `patch_nums` such as "256" / "512" / (1, 2, 3, 4, …); by default the 256-px schedule for 10-scale files."""
+    is_name = str(vae_path) in ("vqvae", "vae", HF_TOKENIZER_FILE)
+    vae_file = _resolve(vae_path, HF_TOKENIZER_FILE if is_name else None)
+    state = read_state_dict(vae_file)
+    if "pos_1LC" in state:
+        raise CheckpointError(f"{vae_file} is a transformer checkpoint; the tokenizer checkpoint was expected there")
+    return tokenizer_from_official(state, None if patch_nums is None else parse_patch_nums(patch_nums), device)

@@ -1,5 +1,9 @@
-"""Zero-shot editing inputs and outputs: keep masks from a box or a mask picture, input images fitted to the model,
-and a side-by-side strip of the edit.
+"""Zero-shot editing: in-painting, out-painting and class-conditional editing with a trained VAR, no fine-tuning.
+
+The sampler runs as usual, but at every scale the input image's own tokens replace the drawn ones wherever the keep
+mask (resized to that scale) says keep, so f̂ and the next scale's input carry the input's content there (the
+official `demo_zero_shot_edit` notebook). This module holds all of editing: `edit`, the keep masks (from a box or a
+mask picture, checked once here), input images fitted to the model, and a side-by-side strip of the result.
 
 A keep mask lives on the finest token grid (side × side, e.g. 16 × 16 for 256 px): 1 keeps the input image's token,
 0 regenerates it (the convention of `nextscale.edit` and the official notebook). The modes:
@@ -23,6 +27,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from nextscale.images import make_grid, to_pil
+from nextscale.model.var import VAR
+from nextscale.sampling import (
+    Generation,
+    LabelsLike,
+    SamplingSettings,
+    ScaleCallback,
+    make_generator,
+    resolve_labels,
+    sample_scales,
+)
+from nextscale.tokenizer.tokenizer import Tokenizer
 
 EDIT_MODES = ("inpaint", "outpaint", "class-edit")
 _REGENERATED_TINT = (0.45, 0.08, 0.08)  # added to the darkened input where the edit regenerates (a dark red)
@@ -106,6 +121,72 @@ def keep_mask_for(
     if keep.max() == 0:
         raise ValueError(f"nothing kept: {what} regenerates every token (use `nextscale sample` for new images)")
     return keep
+
+
+def check_keep_mask(keep_mask: torch.Tensor, side: int, batch_size: int | None = None) -> None:
+    """A keep mask is (side, side) or (B, side, side) with values in {0, 1}, keeps at least one token and regenerates
+    at least one of every image (otherwise it is not an edit)."""
+    if keep_mask.dim() not in (2, 3) or tuple(keep_mask.shape[-2:]) != (side, side):
+        raise ValueError(f"keep_mask must be ({side}, {side}) or (B, {side}, {side}), got {tuple(keep_mask.shape)}")
+    if keep_mask.dim() == 3 and batch_size is not None and keep_mask.shape[0] != batch_size:
+        raise ValueError(f"keep_mask has {keep_mask.shape[0]} masks for {batch_size} images")
+    mask = keep_mask.float().reshape(-1, side * side)
+    if not torch.all((mask == 0) | (mask == 1)):
+        raise ValueError("keep_mask values must be 0 (regenerate) or 1 (keep)")
+    if bool((mask.min(dim=1).values > 0).any()):
+        raise ValueError("nothing to regenerate: the keep mask keeps every token (1 everywhere)")
+    if bool((mask.max(dim=1).values == 0).any()):
+        raise ValueError("nothing kept: the keep mask regenerates every token (use generate for new images)")
+
+
+def keep_masks_per_scale(keep_mask: torch.Tensor, batch_size: int, sides: tuple[int, ...]) -> list[torch.Tensor]:
+    """Finest-grid keep mask (h, w) or (B, h, w) → per-scale bool masks (B, 1, h_k, w_k), as the official notebook:
+    bilinear resize, threshold 0.5, and the tiny first scales (≤ 3 tokens) always kept."""
+    mask = keep_mask.float()
+    if mask.dim() == 2:
+        mask = mask.unsqueeze(0).expand(batch_size, -1, -1)
+    out = []
+    for side in sides:
+        force = F.interpolate(mask.unsqueeze(1), size=(side, side), mode="bilinear", align_corners=False).gt(0.5)
+        if side * side <= 3:
+            force.fill_(True)
+        out.append(force)
+    return out
+
+
+def edit(
+    model: VAR,
+    tokenizer: Tokenizer,
+    images: torch.Tensor,
+    keep_mask: torch.Tensor,
+    labels: LabelsLike = None,
+    settings: SamplingSettings | str | None = None,
+    *,
+    seed: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    trace: bool = False,
+    on_scale: ScaleCallback | None = None,
+    **overrides,
+) -> Generation:
+    """Zero-shot in-painting, out-painting and class-conditional editing.
+
+    `images` (B, 3, H, W) in [-1, 1]; `keep_mask` on the finest token grid, (h, w) or (B, h, w), 1 = keep the
+    image's token, 0 = generate. At every scale the image's tokens are forced where the resized mask keeps (the
+    coarsest scale always), the rest is sampled. `labels=None` uses the null class (plain in/out-painting); a class
+    edits the generated region towards it. `settings` and keyword overrides as in `nextscale.generate`."""
+    settings = SamplingSettings.resolve(settings, **overrides)
+    device = model.start_pos.device
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+    B, final = images.shape[0], model.schedule.final_side
+    check_keep_mask(keep_mask, final, B)
+    generator = make_generator(seed, device)
+    labels_B = resolve_labels(model.config.null_class if labels is None else labels, model.num_classes, B, device, None)
+    given_maps = tokenizer.encode(images.to(device))
+    masks = keep_masks_per_scale(keep_mask.to(device), B, model.schedule.patch_nums)
+    return sample_scales(
+        model, tokenizer, labels_B, settings, generator, autocast_dtype, (given_maps, masks), trace, on_scale
+    )
 
 
 def edit_strip(input_3HW: torch.Tensor, keep_mask: torch.Tensor, results_N3HW: torch.Tensor) -> Image.Image:

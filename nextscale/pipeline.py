@@ -5,29 +5,28 @@
     edited = pipe.edit(Image.open("dog.png"), box=(0.1, 0.1, 0.8, 0.8), mode="inpaint", seed=0)
 
 Everything here calls `nextscale.generate` / `nextscale.edit`; the pipeline only resolves class names, fits input
-images, picks the settings and the autocast dtype, and converts the output.
+images, holds the default `SamplingSettings` and the autocast dtype, and converts the output.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
 from nextscale.convert import load_official
-from nextscale.editing import fit_image, keep_mask_for
+from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.images import to_pil
 from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata
-from nextscale.sampling import SAMPLING_PRESETS, Generation, SamplingSettings, edit, generate
+from nextscale.sampling import Generation, SamplingSettings, generate
 from nextscale.tokenizer.tokenizer import Tokenizer
 
-# the official demo notebook's look; SAMPLING_PRESETS["fid"] is the evaluation setting
-DEFAULT_SETTINGS = SamplingSettings(cfg=4.0, top_k=900, top_p=0.95, more_smooth=False)
+DEFAULT_PRESET = "demo"  # the official demo notebook's look; "fid" is the evaluation setting
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -51,18 +50,22 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 @dataclass
 class Pipeline:
+    """A tokenizer and a transformer with default sampling settings, class names and precision.
+
+    `generate` and `edit` take class ids or names and PIL images or tensors, and return tensors in [0, 1], PIL images
+    or the whole `Generation`. Keyword overrides (cfg=…, top_k=…) change the settings of one call. It adds no
+    algorithm of its own: the sampler and editing are `nextscale.generate` / `nextscale.edit`.
+    """
+
     tokenizer: Tokenizer
     model: VAR
-    settings: SamplingSettings | str = DEFAULT_SETTINGS  # defaults for every call; a name picks SAMPLING_PRESETS
+    settings: SamplingSettings | str = DEFAULT_PRESET  # defaults for every call; a name picks SAMPLING_PRESETS
     class_names: list[str] | None = None  # one per class, for labels given by name
     dtype: torch.dtype | str = torch.float32  # fp32 runs as is; bf16 / fp16 run the networks under autocast
     source: str = ""  # where the weights came from, for records such as a sample set's settings.json
 
     def __post_init__(self) -> None:
-        if isinstance(self.settings, str):
-            if self.settings not in SAMPLING_PRESETS:
-                raise ValueError(f"unknown sampling preset {self.settings!r}; choose from {sorted(SAMPLING_PRESETS)}")
-            self.settings = SAMPLING_PRESETS[self.settings]
+        self.settings = SamplingSettings.resolve(self.settings)
         self.dtype = resolve_dtype(self.dtype)
         if self.class_names is not None:
             self.class_names = list(self.class_names)
@@ -79,7 +82,7 @@ class Pipeline:
         directory: str | os.PathLike,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
-        settings: SamplingSettings | str = DEFAULT_SETTINGS,
+        settings: SamplingSettings | str = DEFAULT_PRESET,
     ) -> Pipeline:
         """From a directory written by `save_pretrained` (both parts needed); class names from its metadata."""
         tokenizer, model = from_pretrained(directory, device)
@@ -97,7 +100,7 @@ class Pipeline:
         num_heads: int | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
-        settings: SamplingSettings | str = DEFAULT_SETTINGS,
+        settings: SamplingSettings | str = DEFAULT_PRESET,
         class_names: list[str] | None = None,
     ) -> Pipeline:
         """From official checkpoints (see `load_official`: files, or names to download)."""
@@ -149,9 +152,10 @@ class Pipeline:
             return self.class_index(labels)
         return [self.class_index(label) for label in labels]
 
-    def sampling_kwargs(self, **overrides) -> dict:
-        """The default settings with `overrides` (cfg, top_k, top_p, more_smooth) applied and validated."""
-        return asdict(replace(self.settings, **overrides))
+    def settings_with(self, settings: SamplingSettings | str | None = None, **overrides) -> SamplingSettings:
+        """`settings` (default: the pipeline's) with `overrides` (cfg, top_k, top_p, more_smooth; None leaves a
+        field) applied."""
+        return SamplingSettings.resolve(self.settings if settings is None else settings, **overrides)
 
     # ---- generating and editing -----------------------------------------------------------------------------------
 
@@ -162,6 +166,7 @@ class Pipeline:
         seed: int | None = None,
         batch_size: int | None = None,
         output_type: str = "pt",
+        settings: SamplingSettings | str | None = None,
         **overrides,
     ) -> torch.Tensor | list[Image.Image] | Generation:
         """Class-conditional images: `labels` as `nextscale.generate` takes them, or class names. Returns (B, 3, H, W)
@@ -171,10 +176,10 @@ class Pipeline:
             self.model,
             self.tokenizer,
             self.labels(labels),
+            self.settings_with(settings, **overrides),
             seed=seed,
             batch_size=batch_size,
             autocast_dtype=self.autocast_dtype,
-            **self.sampling_kwargs(**overrides),
         )
         return _convert(out, output_type)
 
@@ -190,6 +195,7 @@ class Pipeline:
         samples: int = 1,
         seed: int | None = None,
         output_type: str = "pt",
+        settings: SamplingSettings | str | None = None,
         **overrides,
     ) -> torch.Tensor | list[Image.Image] | Generation:
         """Zero-shot editing of one PIL image (centre-cropped and resized to the model's size) or a batch (B, 3, H, W)
@@ -200,7 +206,7 @@ class Pipeline:
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         if mode == "class-edit" and labels is None:
-            raise ValueError("mode 'class-edit' needs a class (labels=...)")
+            raise ValueError("mode 'class-edit' needs a class to edit the region towards")
         if keep_mask is not None and (box is not None or mask_image is not None):
             raise ValueError("give keep_mask, or box / mask_image, not both")
         if keep_mask is None:
@@ -214,9 +220,9 @@ class Pipeline:
             images_B3HW.mul(2).sub(1),
             keep_mask,
             self.labels(labels),
+            self.settings_with(settings, **overrides),
             seed=seed,
             autocast_dtype=self.autocast_dtype,
-            **self.sampling_kwargs(**overrides),
         )
         return _convert(out, output_type)
 

@@ -2,12 +2,15 @@
 
     model_dir/
       nextscale.json              format version, class names, anything the caller adds
-      tokenizer/config.json       TokenizerConfig
+      tokenizer/config.json       TokenizerConfig (it owns the token space)
       tokenizer/model.safetensors
-      transformer/config.json     VARConfig
+      transformer/config.json     {"architecture": "var", "config": VARConfig, "token_space": the tokenizer's}
       transformer/model.safetensors
 
-Either part may be missing (a tokenizer alone is a valid directory). Loading is strict.
+Either part may be missing (a tokenizer alone is a valid directory). Loading is strict, and a transformer is only
+paired with a tokenizer of the token space it records. Every file is checked as it is read: a missing, empty,
+truncated or hand-broken file gives one line naming it. Format 1 (the token-space fields inside the transformer's
+config) is still read.
 """
 
 from __future__ import annotations
@@ -19,55 +22,124 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from nextscale.convert import CheckpointError, load_strict
+from nextscale.config_io import config_from_dict, config_to_dict
 from nextscale.model.config import VARConfig
 from nextscale.model.var import VAR
+from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
+from nextscale.weights import CheckpointError, load_strict, read_safetensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 META_FILE = "nextscale.json"
-PARTS = {"tokenizer": (Tokenizer, TokenizerConfig), "transformer": (VAR, VARConfig)}
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# transformer architectures by the name recorded in transformer/config.json: (module class, config class)
+TRANSFORMERS: dict[str, tuple[type, type]] = {"var": (VAR, VARConfig)}
+_TOKEN_SPACE_FIELDS = ("vocab_size", "latent_channels", "patch_nums")
 
 
-def _config_from_json(config_class, data: dict):
-    known = set(config_class.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise CheckpointError(f"{config_class.__name__} does not know the fields {unknown}")
-    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+def read_json(file: Path) -> dict:
+    """A JSON object from `file`; a missing, empty or malformed file raises an error naming it."""
+    if not file.is_file():
+        raise FileNotFoundError(f"file missing: {file}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
-def save_part(module: Tokenizer | VAR, directory: str | os.PathLike) -> None:
+def _config(config_class: type, data: dict, source: Path):
+    try:
+        return config_from_dict(config_class, data, str(source))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_part(module: Tokenizer | torch.nn.Module, directory: str | os.PathLike) -> None:
+    """Weights and config of a tokenizer or a transformer into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(module.config.to_dict(), indent=2) + "\n")
+    save_file(state, str(directory / WEIGHTS_FILE))
+    if isinstance(module, Tokenizer):
+        config = config_to_dict(module.config)
+    else:
+        architecture = next(name for name, (cls, _) in TRANSFORMERS.items() if isinstance(module, cls))
+        config = {
+            "architecture": architecture,
+            "config": config_to_dict(module.config),
+            "token_space": module.token_space.to_dict(),
+        }
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_part(kind: str, directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    module_class, config_class = PARTS[kind]
+def _load_weights(module: torch.nn.Module, directory: Path, what: str, device) -> None:
+    load_strict(module, read_safetensors(directory / WEIGHTS_FILE), f"{what} weights in {directory}")
+    module.to(device).eval()
+
+
+def load_tokenizer(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Tokenizer:
     directory = Path(directory)
-    config_file, weights_file = directory / "config.json", directory / "model.safetensors"
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise FileNotFoundError(f"{kind} file missing: {file}")
-    config = _config_from_json(config_class, json.loads(config_file.read_text()))
-    module = module_class(config)
-    load_strict(module, load_file(str(weights_file)), f"{kind} weights in {directory}")
-    return module.to(device).eval()
+    config = _config(TokenizerConfig, read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
+    tokenizer = Tokenizer(config)
+    _load_weights(tokenizer, directory, "tokenizer", device)
+    return tokenizer
+
+
+def load_transformer(
+    directory: str | os.PathLike, device: str | torch.device = "cpu", token_space: TokenSpace | None = None
+) -> torch.nn.Module:
+    """The transformer of `directory`, checked against `token_space` (the tokenizer's) when given."""
+    directory = Path(directory)
+    file = directory / CONFIG_FILE
+    data = read_json(file)
+    if "architecture" not in data:  # format 1: a flat VARConfig holding the token space
+        data = {
+            "architecture": "var",
+            "config": {k: v for k, v in data.items() if k not in _TOKEN_SPACE_FIELDS},
+            "token_space": {k: data[k] for k in _TOKEN_SPACE_FIELDS if k in data},
+        }
+    unknown = sorted(set(data) - {"architecture", "config", "token_space"})
+    if unknown:
+        raise CheckpointError(f"{file}: unknown entries {', '.join(unknown)}")
+    architecture = data["architecture"]
+    if architecture not in TRANSFORMERS:
+        raise CheckpointError(f"{file}: unknown architecture {architecture!r}; known: {', '.join(TRANSFORMERS)}")
+    module_class, config_class = TRANSFORMERS[architecture]
+    config = _config(config_class, data.get("config", {}), file)
+    try:
+        recorded = TokenSpace.from_dict(data["token_space"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: bad or missing token_space ({err})") from None
+    if token_space is not None:
+        require_same_token_space(token_space, recorded)
+    model = module_class(config, recorded)
+    _load_weights(model, directory, "transformer", device)
+    return model
 
 
 def save_pretrained(
     directory: str | os.PathLike,
     tokenizer: Tokenizer | None = None,
-    model: VAR | None = None,
+    model: torch.nn.Module | None = None,
     metadata: dict | None = None,
 ) -> Path:
-    """Write the directory atomically: into a temporary sibling first, then renamed into place."""
+    """Write the directory atomically: into a temporary sibling first, then renamed into place. Files and folders
+    get the user's usual permissions (umask), not the private ones of a temporary directory."""
     directory = Path(directory)
+    if tokenizer is not None and model is not None:
+        require_same_token_space(tokenizer.token_space, model.token_space)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -75,8 +147,11 @@ def save_pretrained(
             save_part(tokenizer, staging / "tokenizer")
         if model is not None:
             save_part(model, staging / "transformer")
-        meta = {"format_version": FORMAT_VERSION, **(metadata or {})}
+        meta = {**(metadata or {}), "format_version": FORMAT_VERSION}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        mask = _umask()
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -92,18 +167,34 @@ def save_pretrained(
 
 
 def read_metadata(directory: str | os.PathLike) -> dict:
+    """`nextscale.json` of a model directory ({} when absent); refuses a format newer than this library reads."""
     file = Path(directory) / META_FILE
-    return json.loads(file.read_text()) if file.is_file() else {}
+    if not file.is_file():
+        return {}
+    meta = read_json(file)
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{file}: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} is format {version}; this nextscale reads formats up to {FORMAT_VERSION} (upgrade nextscale)"
+        )
+    return meta
 
 
 def from_pretrained(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[Tokenizer | None, VAR | None]:
+) -> tuple[Tokenizer | None, torch.nn.Module | None]:
     """(tokenizer, transformer) from a directory written by `save_pretrained`; a missing part is None."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
-    parts = {kind: load_part(kind, directory / kind, device) for kind in PARTS if (directory / kind).is_dir()}
-    if not parts:
+    read_metadata(directory)
+    tokenizer = load_tokenizer(directory / "tokenizer", device) if (directory / "tokenizer").is_dir() else None
+    model = None
+    if (directory / "transformer").is_dir():
+        space = tokenizer.token_space if tokenizer is not None else None
+        model = load_transformer(directory / "transformer", device, space)
+    if tokenizer is None and model is None:
         raise CheckpointError(f"{directory} holds neither tokenizer/ nor transformer/")
-    return parts.get("tokenizer"), parts.get("transformer")
+    return tokenizer, model

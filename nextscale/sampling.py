@@ -1,4 +1,4 @@
-"""Next-scale sampling with a KV cache, classifier-free guidance and top-k/top-p; zero-shot editing on top of it.
+"""Next-scale sampling with a KV cache, classifier-free guidance and top-k/top-p (editing builds on it: editing.py).
 
 Each step feeds one scale's tokens (2B rows: conditional, then unconditional) through the transformer, mixes the two
 halves with a guidance weight that grows linearly from 0 at the first scale to `cfg` at the last, samples that
@@ -11,39 +11,74 @@ the official code's tokens. Letters: B batch, l one scale's tokens, V vocabulary
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nextscale.model.var import VAR
+from nextscale.token_space import require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer
 
 LabelsLike = int | Sequence[int] | torch.Tensor | None
 # called after each scale with (scale index, f̂ so far (B, Cv, H, W), that scale's token map (B, h, w)); for previews
 ScaleCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+# zero-shot editing: (the input image's K token maps (B, h, w), K keep masks (B, 1, h, w), True = force the input's)
+ForcedTokens = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
+    """How the next-scale sampler draws tokens. One object travels from the CLI or the pipeline to the sampler.
+
+    The defaults are the official sampler's own (cfg 1.5, no top-k/top-p filtering, no smoothing); named settings
+    are in `SAMPLING_PRESETS` (`SamplingSettings.preset("fid")`). Guidance grows linearly from 0 at the first scale
+    to `cfg` at the last. Not here: the seed, the batch and the precision, which belong to each call.
+    """
+
     cfg: float = 1.5  # guidance at the last scale; 0 disables guidance
     top_k: int = 0  # keep the k most likely tokens (0: all)
     top_p: float = 0.0  # keep the smallest set with this much probability mass (0: all)
     more_smooth: bool = False  # feed Gumbel-softmax-smoothed embeddings forward instead of the drawn tokens
 
     def __post_init__(self) -> None:
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
+        if not (math.isfinite(self.cfg) and self.cfg >= 0):
+            raise ValueError(f"cfg must be a finite number ≥ 0 (0 disables guidance), got {self.cfg}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer ≥ 0 (0 keeps every token), got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+            raise ValueError(f"top_p must be in [0, 1] (0 keeps every token), got {self.top_p}")
+
+    @classmethod
+    def preset(cls, name: str) -> SamplingSettings:
+        if name not in SAMPLING_PRESETS:
+            raise ValueError(f"unknown sampling preset {name!r}; choose from {', '.join(SAMPLING_PRESETS)}")
+        return SAMPLING_PRESETS[name]
+
+    @classmethod
+    def resolve(cls, settings: SamplingSettings | str | None = None, **overrides) -> SamplingSettings:
+        """A preset name, an object or None (the defaults), with the fields in `overrides` that are not None
+        replaced."""
+        base = cls() if settings is None else cls.preset(settings) if isinstance(settings, str) else settings
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown sampling settings {unknown}; the fields are cfg, top_k, top_p, more_smooth")
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
-# The official README's settings: FID evaluation, and the demo's look.
+# One table of named settings; the CLI's --preset choices and each command's default come from here.
 SAMPLING_PRESETS: dict[str, SamplingSettings] = {
+    # the official README's FID evaluation setting (50,000 samples)
     "fid": SamplingSettings(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False),
+    # the official demo notebook's (demo_sample.ipynb): `nextscale sample` and Pipeline default
+    "demo": SamplingSettings(cfg=4.0, top_k=900, top_p=0.95, more_smooth=False),
+    # the README's advice for visual quality: the demo's filters with Gumbel smoothing
     "quality": SamplingSettings(cfg=4.0, top_k=900, top_p=0.95, more_smooth=True),
+    # the editing notebook's guidance and filters (demo_zero_shot_edit.ipynb; it also smooths: add more_smooth)
+    "edit": SamplingSettings(cfg=3.0, top_k=900, top_p=0.95, more_smooth=False),
 }
 
 
@@ -84,18 +119,29 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator 
 def resolve_labels(
     labels: LabelsLike, num_classes: int, batch_size: int | None, device, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """A list/tensor is used as is; one int fills the batch (negative: unconditional); None draws random classes."""
+    """Labels → (B,) int64 classes. A list/tensor of ints is used as is; one int fills the batch (negative:
+    unconditional, i.e. the null class `num_classes`); None draws random classes from `generator`. Classes must lie in
+    [0, num_classes] (num_classes = unconditional); floats are refused rather than truncated."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if labels is None:
-        if batch_size is None or batch_size <= 0:
-            raise ValueError("random labels need a positive batch_size")
+        if batch_size is None:
+            raise ValueError("random labels need a batch_size")
         uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
         return torch.multinomial(uniform, num_samples=batch_size, replacement=True, generator=generator).reshape(-1)
-    if isinstance(labels, int):
-        size = 1 if batch_size is None else batch_size
-        if size <= 0:
-            raise ValueError(f"batch_size must be positive, got {size}")
-        return torch.full((size,), num_classes if labels < 0 else labels, dtype=torch.int64, device=device)
-    labels_B = torch.as_tensor(labels, dtype=torch.int64, device=device).reshape(-1)
+    if _is_integer(labels):
+        label = int(labels)
+        labels = [num_classes if label < 0 else label] * (1 if batch_size is None else batch_size)
+    if isinstance(labels, torch.Tensor) and labels.ndim > 0:
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer classes, got a {labels.dtype} tensor")
+        labels_B = labels.to(device=device, dtype=torch.int64).reshape(-1)
+    else:
+        labels = [labels] if not isinstance(labels, Sequence) or isinstance(labels, str) else list(labels)
+        bad = [y for y in labels if not _is_integer(y)]
+        if bad:
+            raise ValueError(f"labels must be integer classes, got {bad[0]!r}")
+        labels_B = torch.tensor([int(y) for y in labels], dtype=torch.int64, device=device)
     if labels_B.numel() == 0:
         raise ValueError("labels are empty")
     if batch_size is not None and batch_size != labels_B.numel():
@@ -108,34 +154,35 @@ def resolve_labels(
     return labels_B
 
 
-def _keep_masks(keep_mask: torch.Tensor, batch_size: int, sides: Sequence[int]) -> list[torch.Tensor]:
-    """Finest-grid keep mask (h, w) or (B, h, w) → per-scale bool masks (B, 1, h_k, w_k), as the official notebook:
-    bilinear resize, threshold 0.5, and the tiny first scales (≤ 3 tokens) always kept."""
-    mask = keep_mask.float()
-    if mask.dim() == 2:
-        mask = mask.unsqueeze(0).expand(batch_size, -1, -1)
-    out = []
-    for side in sides:
-        force = F.interpolate(mask.unsqueeze(1), size=(side, side), mode="bilinear", align_corners=False).gt(0.5)
-        if side * side <= 3:
-            force.fill_(True)
-        out.append(force)
-    return out
+def _is_integer(value) -> bool:
+    """Python, numpy and 0-d tensor integers; bools and floats are not classes."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, np.integer)):
+        return True
+    return (
+        isinstance(value, torch.Tensor)
+        and value.ndim == 0
+        and not value.is_floating_point()
+        and value.dtype != torch.bool
+    )
 
 
 @torch.no_grad()
-def _next_scale_loop(
+def sample_scales(
     model: VAR,
     tokenizer: Tokenizer,
     labels_B: torch.Tensor,
     settings: SamplingSettings,
     generator: torch.Generator | None,
-    autocast_dtype: torch.dtype | None,
-    keep: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    forced: ForcedTokens | None = None,
     trace: bool = False,
     on_scale: ScaleCallback | None = None,
-):
-    """The sampler proper. `keep` = (the input image's token maps, per-scale keep masks) for editing."""
+) -> Generation:
+    """The sampler proper: the KV-cached next-scale loop, then the decode. `forced` = (token maps of an input
+    image, per-scale keep masks (B, 1, h, w)) replaces the drawn tokens where the masks keep (zero-shot editing)."""
+    require_same_token_space(tokenizer.token_space, model.token_space)
     schedule, quantizer = model.schedule, tokenizer.quantizer
     K, B = schedule.num_scales, labels_B.shape[0]
     device = labels_B.device
@@ -167,8 +214,8 @@ def _next_scale_loop(
         idx_Bhw = idx_Bl.view(B, side, side)
         if trace:
             records["drawn"].append(idx_Bl.clone())
-        if keep is not None:
-            given_maps, masks = keep
+        if forced is not None:
+            given_maps, masks = forced
             force_B1hw = masks[k]
             h_BChw = torch.where(force_B1hw, quantizer.embed(given_maps[k]).float(), h_BChw)
             idx_Bhw = torch.where(force_B1hw[:, 0], given_maps[k].view(B, side, side), idx_Bhw)
@@ -184,96 +231,41 @@ def _next_scale_loop(
     with cast:
         images = tokenizer.decode_fhat(f_hat)
     images = images.float().add_(1).mul_(0.5)
-    return images, token_maps, (records if trace else {})
+    return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records if trace else {})
 
 
-def _make_generator(seed: int | None, device) -> torch.Generator | None:
+def make_generator(seed: int | None, device) -> torch.Generator | None:
+    """A generator on `device` seeded with `seed` (the official sampler's g_seed), or None for the global RNG."""
     if seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(int(seed))
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def generate(
     model: VAR,
     tokenizer: Tokenizer,
     labels: LabelsLike = None,
+    settings: SamplingSettings | str | None = None,
     *,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    more_smooth: bool = False,
     seed: int | None = None,
     batch_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
     on_scale: ScaleCallback | None = None,
+    **overrides,
 ) -> Generation:
-    """Class-conditional images. `labels`: a list/tensor of classes, one int for all (`batch_size` copies; negative
-    → unconditional), or None for `batch_size` random classes. `autocast_dtype=torch.bfloat16` runs the transformer
-    and decoder in bf16 (fp32 by default, for parity). `trace` keeps per-scale logits, f̂ and next inputs."""
-    settings = SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-    _check_pair(model, tokenizer)
+    """Class-conditional images.
+
+    `labels`: a list/tensor of classes, one int for all (`batch_size` copies; negative → unconditional), or None for
+    `batch_size` random classes. `settings`: a `SamplingSettings`, a preset name ("fid", "demo", …) or None for the
+    official sampler's defaults; keywords cfg=, top_k=, top_p=, more_smooth= override single fields.
+    `autocast_dtype=torch.bfloat16` runs the transformer and decoder in bf16 (fp32 by default, for parity). `trace`
+    keeps per-scale logits, drawn tokens, f̂ and next inputs; `on_scale(k, f_hat, token_map)` is called after each
+    scale (previews)."""
+    settings = SamplingSettings.resolve(settings, **overrides)
     device = model.start_pos.device
-    generator = _make_generator(seed, device)
+    generator = make_generator(seed, device)
     labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
-    images, token_maps, records = _next_scale_loop(
-        model, tokenizer, labels_B, settings, generator, autocast_dtype, trace=trace, on_scale=on_scale
-    )
-    return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records)
-
-
-def edit(
-    model: VAR,
-    tokenizer: Tokenizer,
-    images: torch.Tensor,
-    keep_mask: torch.Tensor,
-    labels: LabelsLike = None,
-    *,
-    cfg: float = 1.5,
-    top_k: int = 0,
-    top_p: float = 0.0,
-    more_smooth: bool = False,
-    seed: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    trace: bool = False,
-    on_scale: ScaleCallback | None = None,
-) -> Generation:
-    """Zero-shot in-painting, out-painting and class-conditional editing.
-
-    `images` (B, 3, H, W) in [-1, 1]; `keep_mask` on the finest token grid, (h, w) or (B, h, w), 1 = keep the
-    image's token, 0 = generate. At every scale the image's tokens are forced where the resized mask keeps (the
-    coarsest scale always), the rest is sampled. `labels=None` uses the null class (plain in/out-painting); a class
-    edits the generated region towards it."""
-    settings = SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
-    _check_pair(model, tokenizer)
-    device = model.start_pos.device
-    B, final = images.shape[0], model.schedule.final_side
-    if keep_mask.shape[-2:] != (final, final) or keep_mask.dim() not in (2, 3):
-        raise ValueError(f"keep_mask must be ({final}, {final}) or (B, {final}, {final}), got {tuple(keep_mask.shape)}")
-    if keep_mask.dim() == 3 and keep_mask.shape[0] != B:
-        raise ValueError(f"keep_mask has {keep_mask.shape[0]} masks for {B} images")
-    generator = _make_generator(seed, device)
-    labels_B = resolve_labels(model.config.null_class if labels is None else labels, model.num_classes, B, device, None)
-    given_maps = tokenizer.encode(images.to(device))
-    masks = _keep_masks(keep_mask.to(device), B, model.schedule.patch_nums)
-    out, token_maps, records = _next_scale_loop(
-        model,
-        tokenizer,
-        labels_B,
-        settings,
-        generator,
-        autocast_dtype,
-        keep=(given_maps, masks),
-        trace=trace,
-        on_scale=on_scale,
-    )
-    return Generation(images=out, token_maps=token_maps, labels=labels_B, trace=records)
-
-
-def _check_pair(model: VAR, tokenizer: Tokenizer) -> None:
-    mc, tc = model.config, tokenizer.config
-    if (mc.vocab_size, mc.latent_channels, mc.patch_nums) != (tc.vocab_size, tc.latent_channels, tc.patch_nums):
-        raise ValueError(
-            f"tokenizer (vocab {tc.vocab_size}, {tc.latent_channels} channels, scales {tc.patch_nums}) does not fit "
-            f"the transformer (vocab {mc.vocab_size}, {mc.latent_channels} channels, scales {mc.patch_nums})"
-        )
+    return sample_scales(model, tokenizer, labels_B, settings, generator, autocast_dtype, None, trace, on_scale)

@@ -100,6 +100,11 @@ def tiny_a() -> ParityCase:
     return load_parity_case("tiny_a")
 
 
+@pytest.fixture(scope="session")
+def tiny_e() -> ParityCase:
+    return load_parity_case("tiny_e")
+
+
 def perturb_(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
     """Add seeded N(0, std) noise to every parameter, as the fixtures do, so that the near-zero AdaLN gammas of a
     fresh model really let each block change its input (otherwise many invariants would hold trivially)."""
@@ -114,7 +119,7 @@ def debug_pair(seed: int = 0, *, tokenizer_overrides: dict | None = None, **var_
     """The `debug` presets (8×8 images, scales 1,2,3,4, V=64), seeded, transformer perturbed, both in eval mode."""
     torch.manual_seed(seed)
     tokenizer = Tokenizer(tokenizer_preset("debug", **(tokenizer_overrides or {}))).eval()
-    model = perturb_(VAR(var_preset("debug", **var_overrides)), seed=seed).eval()
+    model = perturb_(VAR(var_preset("debug", **var_overrides), tokenizer.token_space), seed=seed).eval()
     return tokenizer, model
 
 

@@ -19,13 +19,12 @@ from nextscale.convert import (
     TOKENIZER_NAMES,
     VAR_DERIVED,
     VAR_NAMES,
-    CheckpointError,
     load_official,
-    load_strict,
-    read_state_dict,
+    load_official_tokenizer,
     rename,
     to_official_tokenizer,
     to_official_var,
+    token_space_from_official_var,
     tokenizer_config_from_official,
     tokenizer_from_official,
     var_config_from_official,
@@ -33,7 +32,15 @@ from nextscale.convert import (
 )
 from nextscale.model.config import var_preset
 from nextscale.model.var import VAR
+from nextscale.scales import SCHEDULES
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig, tokenizer_preset
+from nextscale.weights import CheckpointError, load_strict, read_state_dict
+
+# the token space of each released transformer: the released tokenizer with the 256-px (d36: 512-px) schedule
+RELEASED_SPACE = {
+    depth: tokenizer_preset("vqvae-f16-c160-512" if depth == 36 else "vqvae-f16-c160").token_space
+    for depth in (16, 20, 24, 30, 36)
+}
 
 # instantiated parameter counts of the released models (reference §1.6 and §2.4, keys/counts.json)
 TOKENIZER_PARAMS = 108_948_355
@@ -113,9 +120,9 @@ def test_released_d16_layout_loads_strictly_and_round_trips(key_tables):
     """Real random tensors (1.2 GB) through the whole loader, including the checks of the saved buffers."""
     rows = read_table(key_tables, "var_d16_keys.tsv")
     assert len(rows) == 220
-    state = state_from_table(rows, var_preset("var-d16").patch_nums)
-    model = var_from_official(state)
-    assert model.config == var_preset("var-d16")
+    state = state_from_table(rows, SCHEDULES["256"])
+    model = var_from_official(state, RELEASED_SPACE[16])
+    assert model.config == var_preset("var-d16") and model.token_space == RELEASED_SPACE[16]
     assert count(model) == VAR_PARAMS[16]
     back = to_official_var(model)
     assert shapes(back) == {key: shape for key, shape, _, _ in rows}
@@ -132,14 +139,15 @@ def test_released_transformer_layouts_on_the_meta_device(key_tables, depth):
     AdaLN), the strict load finds nothing missing or unexpected, the counts match, and our model exports exactly
     the table's names and shapes."""
     rows = read_table(key_tables, f"var_d{depth}_keys.tsv")
-    preset = var_preset(f"var-d{depth}")
-    state = state_from_table(rows, preset.patch_nums, device="meta")
+    preset, space = var_preset(f"var-d{depth}"), RELEASED_SPACE[depth]
+    state = state_from_table(rows, space.patch_nums, device="meta")
     assert var_config_from_official(state) == preset
+    assert token_space_from_official_var(state) == space
     without_buffers = {k: v for k, v in state.items() if k not in ("lvl_1L", "attn_bias_for_masking")}
-    assert var_config_from_official(without_buffers) == preset  # schedule from the position table (680 / 2240 rows)
+    assert token_space_from_official_var(without_buffers) == space  # schedule from the position table (680 / 2240)
 
     with torch.device("meta"):
-        model = VAR(var_config_from_official(state))
+        model = VAR(var_config_from_official(state), space)
     load_strict(model, rename(state, VAR_NAMES, VAR_DERIVED), f"var-d{depth}")
     expected = json.loads((key_tables / "counts.json").read_text())[f"d{depth}"]
     assert count(model) == expected["params"] == VAR_PARAMS[depth]
@@ -159,7 +167,7 @@ def test_released_transformer_layouts_on_the_meta_device(key_tables, depth):
 def test_preset_parameter_counts_equal_the_released_models():
     for depth, params in VAR_PARAMS.items():
         with torch.device("meta"):
-            assert count(VAR(var_preset(f"var-d{depth}"))) == params, depth
+            assert count(VAR(var_preset(f"var-d{depth}"), RELEASED_SPACE[depth])) == params, depth
     with torch.device("meta"):
         assert count(Tokenizer(tokenizer_preset("vqvae-f16-c160"))) == TOKENIZER_PARAMS
 
@@ -261,9 +269,10 @@ class NeedsCode:
 
 def test_a_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
     path = save(tmp_path, {"model": NeedsCode()})
-    with pytest.raises(CheckpointError, match="would need to run code"):
+    with pytest.raises(CheckpointError, match="not a plain weights file .*_side_effect.*not loaded") as caught:
         read_state_dict(path)
     assert not CODE_RAN
+    assert "weights_only" not in str(caught.value)  # not torch's advice to load it unsafely
 
 
 def test_unreadable_and_missing_files(tmp_path):
@@ -286,22 +295,23 @@ def test_tokenizer_that_does_not_fit_the_transformer(tmp_path, tiny_a):
     vae_state = read_state_dict(tiny_a.vae_path)
     vae_state["quantize.embedding.weight"] = torch.zeros(32, 8)
     vae_state["quantize.ema_vocab_hit_SV"] = torch.zeros(4, 32)
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="does not fit.*built for another tokenizer.*vocabulary 64"):
         load_official(save(tmp_path, vae_state, "vae.pth"), tiny_a.var_path)
 
 
 def test_saved_buffers_must_agree_with_the_schedule(var_state):
     shuffled = dict(var_state, lvl_1L=var_state["lvl_1L"].flip(-1))  # same counts per scale, wrong order
+    space = token_space_from_official_var(var_state)
     with pytest.raises(CheckpointError, match="level ids"):
-        var_from_official(shuffled)
+        var_from_official(shuffled, space)
     open_mask = dict(var_state, attn_bias_for_masking=torch.zeros_like(var_state["attn_bias_for_masking"]))
     with pytest.raises(CheckpointError, match="attention mask"):
-        var_from_official(open_mask)
+        var_from_official(open_mask, space)
 
 
 def test_head_count_must_agree_with_the_checkpoint(var_state):
     with pytest.raises(CheckpointError, match="num_heads=4 given, but the checkpoint has 2 heads"):
-        var_from_official(var_state, num_heads=4)
+        var_from_official(var_state, token_space_from_official_var(var_state), num_heads=4)
 
 
 def test_official_trainer_checkpoints_are_unwrapped(tmp_path, var_state):
@@ -348,3 +358,13 @@ def test_without_huggingface_hub_a_model_name_says_what_to_install(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match=r"pip install 'nextscale\[hub\]'"):
         load_official("vqvae", "var-d16")
+
+
+def test_the_official_tokenizer_alone_with_a_schedule(tiny_a, tiny_e):
+    """`nextscale convert`'s loader: the tokenizer file with the schedule a transformer needs; a transformer file in
+    its place is named as such."""
+    tokenizer = load_official_tokenizer(tiny_a.vae_path, (1, 2, 3, 4))
+    assert tokenizer.token_space == tiny_a.model.token_space
+    assert load_official_tokenizer(tiny_e.vae_path).token_space == tiny_e.model.token_space  # 10 scales: the 256 one
+    with pytest.raises(CheckpointError, match="is a transformer checkpoint"):
+        load_official_tokenizer(tiny_a.var_path)

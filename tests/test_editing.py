@@ -8,9 +8,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from nextscale.editing import box_mask, edit_strip, fit_image, keep_mask_for, mask_from_image
+from nextscale.editing import (
+    box_mask,
+    edit,
+    edit_strip,
+    fit_image,
+    keep_mask_for,
+    keep_masks_per_scale,
+    mask_from_image,
+)
 from nextscale.pipeline import Pipeline
-from nextscale.sampling import edit
+from nextscale.sampling import SamplingSettings, sample_scales
 
 
 def _images(seed: int, batch: int = 2, size: int = 8) -> torch.Tensor:
@@ -143,20 +151,43 @@ def test_kept_tokens_equal_the_input_tokens_at_every_scale(debug_models, mode):
     assert torch.allclose((tokenizer.decode(out.token_maps) + 1) / 2, out.images, atol=1e-5)
 
 
-def test_all_ones_keep_mask_gives_the_tokenizer_reconstruction(debug_models):
+def force_every_token(model, tokenizer, images, labels, settings, seed):
+    """The sampler with every token forced to the input's (what an all-ones keep mask would mean; `edit` refuses
+    such a mask as no edit, so the mechanism is checked through the sampler core)."""
+    B, side = images.shape[0], model.schedule.final_side
+    masks = keep_masks_per_scale(torch.ones(side, side), B, model.schedule.patch_nums)
+    labels_B = torch.full((B,), labels, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(seed)
+    return sample_scales(model, tokenizer, labels_B, settings, generator, forced=(tokenizer.encode(images), masks))
+
+
+def test_forcing_every_token_gives_the_tokenizer_reconstruction(debug_models):
     tokenizer, model = debug_models
     images = _images(seed=2)
-    out = edit(model, tokenizer, images, torch.ones(4, 4), labels=3, seed=0, cfg=4.0, top_k=5, more_smooth=True)
+    settings = SamplingSettings(cfg=4.0, top_k=5, more_smooth=True)
+    out = force_every_token(model, tokenizer, images, 3, settings, seed=0)
     reconstruction = (tokenizer.decode(tokenizer.encode(images)) + 1) / 2
     assert (out.images - reconstruction).abs().max() < 1e-4
 
 
-def test_all_ones_keep_mask_on_the_official_format_fixture(tiny_a):
-    side, size = tiny_a.model.schedule.final_side, tiny_a.tokenizer.config.image_size
+def test_forcing_every_token_on_the_official_format_fixture(tiny_a):
+    size = tiny_a.tokenizer.config.image_size
     images = _images(seed=3, batch=1, size=size)
-    out = edit(tiny_a.model, tiny_a.tokenizer, images, torch.ones(side, side), seed=0)
+    out = force_every_token(tiny_a.model, tiny_a.tokenizer, images, 10, SamplingSettings(), seed=0)
     reconstruction = (tiny_a.tokenizer.decode(tiny_a.tokenizer.encode(images)) + 1) / 2
     assert (out.images - reconstruction).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"), [(torch.ones(4, 4), "nothing to regenerate"), (torch.zeros(4, 4), "nothing kept")]
+)
+def test_edit_refuses_masks_that_keep_all_or_nothing(debug_models, keep, message):
+    tokenizer, model = debug_models
+    with pytest.raises(ValueError, match=message):
+        edit(model, tokenizer, _images(seed=2), keep, labels=3, seed=0)
+    per_image = torch.stack([torch.eye(4), keep])  # one image fine, the other not: refused as well
+    with pytest.raises(ValueError, match=message):
+        edit(model, tokenizer, _images(seed=2), per_image, labels=3, seed=0)
 
 
 def test_pipeline_edit_with_a_box_keeps_the_tokens_outside_it(debug_models):

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from nextscale.convert import VAR_NAMES, rename
-from nextscale.model.var import cross_entropy_per_token
-from nextscale.sampling import edit, generate
+from nextscale.editing import edit
+from nextscale.sampling import generate
+from nextscale.train.var_task import teacher_forced_loss
 
 ATOL = 1e-4
 SAMPLE_RUNS = (
@@ -43,6 +44,18 @@ def assert_all_close(actual: list, expected: list, what: str) -> None:
     assert len(actual) == len(expected), f"{what}: {len(actual)} scales, expected {len(expected)}"
     for k, (a, e) in enumerate(zip(actual, expected)):
         assert_close(a, e, f"{what}, scale {k}")
+
+
+def assert_image(out, spec: dict, tokenizer, what: str) -> None:
+    """The sampler's image is exactly the decode of its final f̂ (which the caller compared with the official f̂),
+    and the decoder maps the official final f̂ to the official image. Comparing the two images directly would add
+    the decoder's amplification of the f̂ differences of Gumbel-smoothed runs (≤ 1e-4 in f̂ become up to 1.5e-4 in
+    the tiny_e image with torch 2.14's CPU kernels)."""
+    with torch.no_grad():
+        mine = tokenizer.decode_fhat(out.trace["fhat"][-1]).add(1).mul(0.5)
+        official = tokenizer.decode_fhat(spec["fhat_per_scale"][-1]).add(1).mul(0.5)
+    assert torch.equal(out.images, mine), f"{what}: the image is not the decode of the sampled f̂"
+    assert_close(official, spec["img01"], what)
 
 
 def assert_tokens_equal(actual: list, expected: list, what: str) -> None:
@@ -128,20 +141,19 @@ def test_label_dropout_reproduces_the_official_draw(parity):
     assert_close(logits, io["var_logits_conddrop_seed1234_p0.5"], "logits after label dropout")
 
 
-def test_training_loss_gradients_and_logged_metrics(parity):
-    io, model = parity.io, parity.model
+def test_the_trainers_loss_gradients_and_logged_metrics(parity):
+    """The loss and metrics as `nextscale train` computes them (`teacher_forced_loss`, the function its step calls):
+    every token weighted 1/L, label smoothing, the global gradient norm, and L_mean/L_tail/acc_mean/acc_tail."""
+    io, tokenizer, model = parity.io, parity.tokenizer, parity.model
     names, params = zip(*model.named_parameters())
     for p in params:
         p.requires_grad_(True)
-    targets_BL = io["gt_BL"]
-    L = targets_BL.shape[1]
-    logits = model(io["label_B"], io["var_teacher_input"])
-
-    ce_BL = cross_entropy_per_token(logits, targets_BL)
-    loss = ce_BL.mul(1 / L).sum(dim=1).mean()  # the official weighting: every token 1/L, summed, mean over batch
+    maps, labels = token_maps(io), io["label_B"]
+    loss, metrics = teacher_forced_loss(model, tokenizer, maps, labels)
     assert_close(loss, io["train_loss"], "train_loss")
-    smoothed = cross_entropy_per_token(logits, targets_BL, label_smoothing=0.1).mul(1 / L).sum(dim=1).mean()
+    smoothed, smoothed_metrics = teacher_forced_loss(model, tokenizer, maps, labels, label_smoothing=0.1)
     assert_close(smoothed, io["train_loss_ls0.1"], "train_loss with label smoothing 0.1")
+    assert_close(smoothed_metrics["L_mean"], io["L_mean"], "L_mean stays plain cross-entropy under smoothing")
 
     grads = torch.autograd.grad(loss, params)
     grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
@@ -150,13 +162,8 @@ def test_training_loss_gradients_and_logged_metrics(parity):
     assert io["grads"], "the fixture lists gradients"
     for name, expected in io["grads"].items():
         assert_close(official_grads[name], expected, f"gradient of {name}")
-
-    tail = model.schedule.lengths[-1]
-    correct_BL = logits.argmax(dim=-1) == targets_BL
-    assert_close(ce_BL.mean(), io["L_mean"], "L_mean")
-    assert_close(ce_BL[:, -tail:].mean(), io["L_tail"], "L_tail")
-    assert_close(correct_BL.float().mean() * 100, io["acc_mean"], "acc_mean (%)")
-    assert_close(correct_BL[:, -tail:].float().mean() * 100, io["acc_tail"], "acc_tail (%)")
+    for name in ("L_mean", "L_tail", "acc_mean", "acc_tail"):
+        assert_close(metrics[name], io[name], name)
 
 
 # ---- sampling and editing -----------------------------------------------------------------------------------------
@@ -180,7 +187,9 @@ def test_sampling_run(parity, run):
     ):
         if field in spec:
             assert_all_close(out.trace[traced], spec[field], f"{run} {traced}")
-    if "img01" in spec:
+    if "img01" in spec and "fhat_per_scale" in spec:
+        assert_image(out, spec, tokenizer, f"{run} image")
+    elif "img01" in spec:
         assert_close(out.images, spec["img01"], f"{run} image")
 
 
@@ -201,4 +210,4 @@ def test_edit_run(parity, run):
     assert_tokens_equal(out.trace["drawn"], spec["idx_per_scale"], f"{run} drawn tokens")
     assert_tokens_equal(out.token_maps, spec["final_idx_per_scale"], f"{run} tokens used")
     assert_all_close(out.trace["fhat"], spec["fhat_per_scale"], f"{run} f̂")
-    assert_close(out.images, spec["img01"], f"{run} image")
+    assert_image(out, spec, tokenizer, f"{run} image")

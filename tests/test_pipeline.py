@@ -3,6 +3,8 @@ dtype and settings handling."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,10 @@ from conftest import debug_pair
 from PIL import Image
 
 from nextscale import save_pretrained
-from nextscale.pipeline import DEFAULT_SETTINGS, Pipeline
+from nextscale.pipeline import Pipeline
 from nextscale.sampling import SAMPLING_PRESETS, generate
+
+DEFAULT_SETTINGS = SAMPLING_PRESETS["demo"]
 
 CLASS_NAMES = [f"thing {i}" for i in range(10)]
 
@@ -41,11 +45,8 @@ def test_overrides_change_only_what_they_name(saved):
     directory, tokenizer, model = saved
     pipe = Pipeline.from_pretrained(directory)
     assert pipe.settings == DEFAULT_SETTINGS
-    assert pipe.sampling_kwargs(cfg=2.0, more_smooth=True) == {
-        **vars_of(DEFAULT_SETTINGS),
-        "cfg": 2.0,
-        "more_smooth": True,
-    }
+    assert pipe.settings_with(cfg=2.0, more_smooth=True) == replace(DEFAULT_SETTINGS, cfg=2.0, more_smooth=True)
+    assert pipe.settings_with("fid", top_k=None) == SAMPLING_PRESETS["fid"]  # None leaves a field as it is
     images = pipe.generate(4, batch_size=2, seed=0, cfg=0.0, top_k=3)
     reference = generate(model, tokenizer, 4, batch_size=2, seed=0, cfg=0.0, top_k=3, top_p=DEFAULT_SETTINGS.top_p)
     assert torch.equal(images, reference.images)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nextscale.convert import CheckpointError
-from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.pretrained import FORMAT_VERSION, from_pretrained, read_metadata, save_pretrained
 from nextscale.sampling import generate
+from nextscale.weights import CheckpointError
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -26,7 +26,7 @@ def test_round_trip_is_exact(tmp_path, debug_models):
     assert_same_state(loaded_tokenizer, tokenizer)
     assert_same_state(loaded_model, model)
     assert not loaded_model.training and not loaded_tokenizer.training
-    assert read_metadata(path) == {"format_version": 1, "step": 12}
+    assert read_metadata(path) == {"format_version": FORMAT_VERSION, "step": 12}
     before = generate(model, tokenizer, [1, 2], cfg=2.0, top_k=8, seed=5)
     after = generate(loaded_model, loaded_tokenizer, [1, 2], cfg=2.0, top_k=8, seed=5)
     assert all(torch.equal(a, b) for a, b in zip(before.token_maps, after.token_maps))
@@ -62,7 +62,7 @@ def test_missing_directory_and_files(tmp_path, debug_models):
         from_pretrained(tmp_path / "empty")
     path = save_pretrained(tmp_path / "model", *debug_models)
     (path / "transformer" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="transformer file missing"):
+    with pytest.raises(FileNotFoundError, match="weights file missing"):
         from_pretrained(path)
 
 

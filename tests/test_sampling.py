@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextscale.sampling import SamplingSettings, edit, generate, resolve_labels, sample_top_k_top_p
+from nextscale.editing import edit, keep_masks_per_scale
+from nextscale.sampling import SamplingSettings, generate, resolve_labels, sample_scales, sample_top_k_top_p
 
 
 def images_for(tokenizer, batch: int, seed: int = 0) -> torch.Tensor:
@@ -179,11 +180,14 @@ def per_scale_keep(keep_mask: torch.Tensor, sides) -> list[torch.Tensor]:
     return out
 
 
-def test_edit_keeping_everything_returns_the_reconstruction(debug_models):
+def test_forcing_every_token_returns_the_reconstruction(debug_models):
     tokenizer, model = debug_models
     images = images_for(tokenizer, 2)
-    out = edit(model, tokenizer, images, torch.ones(4, 4), [3, 8], cfg=2.0, top_k=20, seed=0, trace=True)
     given = tokenizer.encode(images)
+    forced = (given, keep_masks_per_scale(torch.ones(4, 4), 2, model.schedule.patch_nums))
+    labels_B, generator = torch.tensor([3, 8]), torch.Generator().manual_seed(0)
+    settings = SamplingSettings(cfg=2.0, top_k=20)
+    out = sample_scales(model, tokenizer, labels_B, settings, generator, forced=forced, trace=True)
     assert all(torch.equal(a, b) for a, b in zip(out.token_maps, given))
     assert any(not torch.equal(d.view_as(g), g) for d, g in zip(out.trace["drawn"], given)), "the sampler did draw"
     torch.testing.assert_close(out.images, (tokenizer.decode(given) + 1) / 2, atol=1e-5, rtol=0)
@@ -207,10 +211,12 @@ def test_edit_forces_kept_tokens_and_uses_drawn_ones_elsewhere(debug_models):
     assert generated > 0
 
 
-def test_edit_keeps_everything_at_the_one_token_scale_even_with_an_empty_mask(debug_models):
+def test_edit_keeps_everything_at_the_one_token_scale_even_when_the_mask_keeps_one_token(debug_models):
     tokenizer, model = debug_models
     images = images_for(tokenizer, 2, seed=2)
-    out = edit(model, tokenizer, images, torch.zeros(4, 4), [0, 1], seed=5)
+    keep_mask = torch.zeros(4, 4)
+    keep_mask[3, 3] = 1  # the resized 1×1 mask is 0, but a one-token scale is always the input's
+    out = edit(model, tokenizer, images, keep_mask, [0, 1], seed=5)
     assert torch.equal(out.token_maps[0], tokenizer.encode(images)[0])
 
 
@@ -220,7 +226,7 @@ def test_edit_leaves_fhat_untouched_far_from_the_edited_region(make_debug_pair):
     the bicubic upsampling (4 taps) and one more through φ's 3×3 conv, so f̂ must equal the reconstruction's f̂
     wherever row ≥ 11 or column ≥ 11. (Decoded pixels are not local: the decoder's GroupNorm statistics are global.)"""
     sides = (1, 2, 4, 8, 16)
-    tokenizer, model = make_debug_pair(tokenizer_overrides={"patch_nums": sides}, patch_nums=sides)
+    tokenizer, model = make_debug_pair(tokenizer_overrides={"patch_nums": sides})
     images = images_for(tokenizer, 2, seed=3)
     keep_mask = torch.ones(16, 16)
     keep_mask[:3, :3] = 0
@@ -244,8 +250,8 @@ def test_edit_rejects_masks_of_the_wrong_shape(debug_models):
 
 def test_tokenizer_and_transformer_must_fit(make_debug_pair):
     tokenizer, _ = make_debug_pair()
-    _, model = make_debug_pair(vocab_size=32)
-    with pytest.raises(ValueError, match="does not fit"):
+    _, model = make_debug_pair(tokenizer_overrides={"vocab_size": 32})
+    with pytest.raises(ValueError, match="built for another tokenizer"):
         generate(model, tokenizer, [0], seed=0)
 
 

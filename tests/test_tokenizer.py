@@ -88,7 +88,8 @@ def test_each_scale_picks_the_nearest_code_to_the_downsampled_residual(tiny_a, u
             assert (distance.gather(1, chosen[:, None]) <= distance.min(dim=1, keepdim=True)[0] + 1e-5).all()
         h = quantizer.codebook(maps[k]).permute(0, 3, 1, 2)
         with torch.no_grad():
-            f_hat = f_hat + quantizer.phi(k, up(h, final) if k < len(sides) - 1 else h)
+            phi = quantizer.phis[quantizer.phi_of_scale[k]]
+            f_hat = f_hat + phi(up(h, final) if k < len(sides) - 1 else h)
         torch.testing.assert_close(fhat_list[k], f_hat, atol=1e-6, rtol=0)
 
 

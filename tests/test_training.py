@@ -78,7 +78,7 @@ def test_both_losses_fall_on_a_tiny_dataset(tmp_path: Path):
     assert mean(losses[-5:]) < losses[0] - 0.8, losses
 
     tokenizer, model = from_pretrained(export)
-    assert tokenizer.config.vocab_size == model.config.vocab_size == 64
+    assert tokenizer.config.vocab_size == model.token_space.vocab_size == 64
     assert read_metadata(export)["classes"] == PROCEDURAL_CLASSES
 
 
@@ -86,7 +86,7 @@ def test_var_memorises_one_batch(tmp_path: Path):
     data = procedural(8)  # the batch is the whole dataset: every step sees the same 8 token maps
     export = run(
         VARTask(VARTrainConfig(tokenizer=write_debug_tokenizer(tmp_path / "tokenizer"), preset="debug", data=data,
-                               label_dropout=0.0)),
+                               model={"label_dropout": 0.0})),
         loop_config(tmp_path / "var", steps=60, batch_size=8, base_lr=0.2, weight_decay=0.0, warmup_steps=0),
     )  # fmt: skip
     assert train_records(tmp_path / "var")[-1]["train/loss"] < 0.05
@@ -151,3 +151,23 @@ def test_logged_lr_and_optimizer_groups_follow_the_recipe(tmp_path: Path):
     assert decay["lr"] == no_decay["lr"] == pytest.approx(peak_lr * 0.1, rel=1e-9)
     assert decay["weight_decay"] == pytest.approx(0.1) and no_decay["weight_decay"] == 0.0
     assert tuple(decay["betas"]) == (0.9, 0.95)
+
+
+def test_train_tokenizer_then_train_works_for_any_vocabulary_and_schedule(tmp_path: Path):
+    """The transformer takes its token space from the tokenizer it loads: a tokenizer trained with its own
+    vocabulary and schedule trains a transformer through the CLI with no flag repeating them."""
+    from nextscale import cli, generate
+
+    common = ["--data", "procedural", "--num-samples", "16", "--image-size", "8", "--steps", "2", "--batch-size",
+              "4", "--precision", "fp32", "--eval-every", "0", "--eval-batches", "1", "--no-progress"]  # fmt: skip
+    tokenizer_out = tmp_path / "tokenizer"
+    cli.main(["train-tokenizer", "--preset", "debug", "--vocab-size", "24", "--patch-nums", "1_2_4",
+              "--out", str(tokenizer_out), *common])  # fmt: skip
+    cli.main(["train", "--tokenizer", str(tokenizer_out / "model"), "--preset", "debug", "--depth", "1",
+              "--out", str(tmp_path / "var"), *common])  # fmt: skip
+    tokenizer, model = from_pretrained(tmp_path / "var" / "model")
+    assert model.token_space == tokenizer.token_space
+    assert (model.token_space.vocab_size, model.token_space.patch_nums) == (24, (1, 2, 4))
+    assert model.config.depth == 1 and model.head.out_features == 24
+    out = generate(model, tokenizer, [0, 1], seed=0)
+    assert [tuple(m.shape[1:]) for m in out.token_maps] == [(1, 1), (2, 2), (4, 4)]

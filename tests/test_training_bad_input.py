@@ -126,19 +126,6 @@ def test_image_size_must_match_the_tokenizer(tmp_path: Path):
     assert not (tmp_path / "a" / "checkpoints").exists() and not (tmp_path / "b" / "checkpoints").exists()
 
 
-def test_a_tokenizer_that_does_not_fit_the_transformer(tmp_path: Path, capsys: pytest.CaptureFixture):
-    tokenizer_dir = write_debug_tokenizer(tmp_path / "tokenizer", vocab_size=32)  # the debug transformer expects 64
-    message = cli_error(
-        ["train", "--tokenizer", tokenizer_dir, "--preset", "debug", "--data", "procedural", "--image-size", "8",
-         "--out", str(tmp_path / "run"), "--precision", "fp32", "--no-progress"],
-        capsys,
-    )  # fmt: skip
-    assert message == (
-        "nextscale train: error: the tokenizer does not fit the transformer config: vocab_size: transformer 64, "
-        "tokenizer 32"
-    )
-
-
 def test_a_missing_tokenizer_directory_is_one_line_and_exit_2(tmp_path: Path):
     missing = tmp_path / "missing_dir"
     result = subprocess.run(
@@ -151,7 +138,8 @@ def test_a_missing_tokenizer_directory_is_one_line_and_exit_2(tmp_path: Path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        f"nextscale train: error: tokenizer directory not found: {missing} (train one with nextscale train-tokenizer)"
+        f"nextscale train: error: --tokenizer {missing}: directory not found (train one with nextscale "
+        "train-tokenizer, or convert the released one with nextscale convert)"
     ]
     assert not (tmp_path / "run").exists()
 

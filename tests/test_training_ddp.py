@@ -37,7 +37,7 @@ TIMEOUT = 120.0  # seconds; a hung collective fails the test instead of stalling
 def task_config(tokenizer_dir: str) -> VARTrainConfig:
     # 2.5 global batches per epoch: the last one padded, and the 6 steps cross two epoch boundaries
     data = DataConfig(name="procedural", image_size=8, num_samples=BATCH_SIZE * 5 // 2)
-    return VARTrainConfig(tokenizer=tokenizer_dir, preset="debug", label_dropout=0.3, data=data)
+    return VARTrainConfig(tokenizer=tokenizer_dir, preset="debug", model={"label_dropout": 0.3}, data=data)
 
 
 def loop_config(output_dir: Path, **overrides) -> LoopConfig:

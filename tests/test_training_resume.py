@@ -167,12 +167,12 @@ def test_var_run_killed_part_way_resumes_bitwise(tmp_path: Path):
     spec = {
         "task": "var",
         # label dropout, stochastic depth and an EMA: every source of randomness and state the VAR step has
-        "config": {"tokenizer": str(tokenizer_dir), "preset": DROP_PATH_PRESET, "label_dropout": 0.25},
+        "config": {"tokenizer": str(tokenizer_dir), "preset": DROP_PATH_PRESET, "model": {"label_dropout": 0.25}},
         "loop_extra": {"ema_decay": 0.9},
         "data": DATA,
     }
     uninterrupted, interrupted = kill_rerun_and_compare(tmp_path, spec)
-    exported = json.loads((uninterrupted / "model" / "transformer" / "config.json").read_text())
+    exported = json.loads((uninterrupted / "model" / "transformer" / "config.json").read_text())["config"]
     assert exported["drop_path_rate"] > 0 and exported["label_dropout"] == 0.25
     assert len(list((interrupted / "token_cache").glob("tokens-*.pt"))) == 1  # the rerun reused the cache
 

@@ -10,7 +10,7 @@ import argparse
 import torch
 from PIL import Image, ImageDraw
 
-from nextscale import SAMPLING_PRESETS, from_pretrained, generate
+from nextscale import SamplingSettings, from_pretrained, generate
 from nextscale.data.build import build_dataset
 from nextscale.images import make_grid
 from nextscale.pretrained import read_metadata
@@ -38,13 +38,10 @@ def main() -> None:
         if all(len(v) == n for v in real.values()):
             break
     real_images = torch.stack([img for c in range(model.num_classes) for img in real[c]])
-    settings = SAMPLING_PRESETS["quality"]
-    cfg = settings.cfg if args.cfg is None else args.cfg
+    settings = SamplingSettings.resolve("quality", cfg=args.cfg)
+    cfg = settings.cfg
     labels = [c for c in range(model.num_classes) for _ in range(n)]
-    samples = generate(
-        model, tokenizer, labels, cfg=cfg, top_k=settings.top_k, top_p=settings.top_p,
-        more_smooth=settings.more_smooth, seed=args.seed,
-    ).images  # fmt: skip
+    samples = generate(model, tokenizer, labels, settings, seed=args.seed).images
     upscale = max(1, 96 // size)
     left, right = make_grid(real_images, n, upscale=upscale), make_grid(samples, n, upscale=upscale)
     label_width, header = 110, 28

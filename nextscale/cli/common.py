@@ -1,57 +1,162 @@
-"""Argument groups and model loading shared by the `nextscale` subcommands."""
+"""What the `nextscale` subcommands share: a parser that reports errors in one line, the model-source and sampling
+option groups, and checks of devices and output paths made before any work starts."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from nextscale.cli.options import add_config_options, build_config
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class UsageError(Exception):
     """A bad argument: reported as one line, exit status 2."""
 
 
-# ---- shared argument groups -----------------------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a usage error is one line (the error, not the whole usage) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_model_source(parser: argparse.ArgumentParser) -> None:
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults that argparse knows; generated options put theirs in the help text themselves."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_command(commands, name: str, help: str, func) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    parser.set_defaults(func=func)
+    return parser
+
+
+# ---- devices and output paths ---------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(name: str) -> str:
+    """A device string that exists on this machine; a one-line UsageError otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a device (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine (use --device cpu)")
+    return name
+
+
+def _check_parents(path: Path, flag: str) -> None:
+    """Every existing ancestor of `path` must be a writable folder (the rest will be created)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"{flag} {path}: {parent} is not writable")
+            return
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output image file that can be written: a known image suffix, no folder in its place, writable parents."""
+    path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"{flag} {path}: name an image file ({', '.join(IMAGE_SUFFIXES)})")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: a folder is in the way (name a file)")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: the file is not writable")
+    _check_parents(path, flag)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output folder that can be created or written into."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{flag} {path}: a file is in the way (name a folder)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"{flag} {path}: the folder is not writable")
+        return path
+    _check_parents(path, flag)
+    return path
+
+
+def check_positive(value: int | None, flag: str) -> None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{flag} must be positive, got {value}")
+
+
+def note(command: str, message: str) -> None:
+    print(f"nextscale {command}: note: {message}", file=sys.stderr)
+
+
+# ---- option groups --------------------------------------------------------------------------------------------------
+
+
+def add_model_source(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (either --model, or --vae with --var)")
-    group.add_argument("--model", help="directory written by save_pretrained / nextscale train")
+    group.add_argument("--model", help="a model directory (save_pretrained / nextscale train output)")
     group.add_argument("--vae", help="official tokenizer checkpoint (vae_ch160v4096z32.pth) or 'vqvae' to download")
     group.add_argument("--var", help="official transformer checkpoint (var_d16.pth …) or a name like var-d16")
     group.add_argument("--num-heads", type=int, help="heads of an official plain-attention checkpoint")
-    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
     group.add_argument("--bf16", action="store_true", help="run the transformer and decoder under bf16 autocast")
 
 
-def _add_sampling(parser: argparse.ArgumentParser, cfg: float = 4.0) -> None:
-    from nextscale.sampling import SAMPLING_PRESETS
-
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="named settings (fid: cfg 1.5, top-k 900 …)")
-    group.add_argument("--cfg", type=float, default=None, help=f"guidance at the last scale (default {cfg})")
-    group.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default 900)")
-    group.add_argument("--top-p", type=float, default=None, help="nucleus mass (default 0.95)")
-    group.add_argument("--more-smooth", action="store_true", default=None, help="Gumbel-smoothed embeddings")
-    group.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(default_cfg=cfg)
-
-
-def sampling_kwargs(args) -> dict:
+def add_sampling(parser: argparse.ArgumentParser, default_preset: str, seed: bool = True) -> None:
+    """--preset and one option per SamplingSettings field; the preset fills what the flags leave out."""
     from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
 
-    base = (
-        SAMPLING_PRESETS[args.preset] if args.preset else SamplingSettings(cfg=args.default_cfg, top_k=900, top_p=0.95)
+    group = parser.add_argument_group("sampling")
+    presets = "; ".join(
+        f"{name}: cfg {s.cfg:g}, top-k {s.top_k}, top-p {s.top_p:g}{', smooth' if s.more_smooth else ''}"
+        for name, s in SAMPLING_PRESETS.items()
     )
-    settings = SamplingSettings(
-        cfg=base.cfg if args.cfg is None else args.cfg,
-        top_k=base.top_k if args.top_k is None else args.top_k,
-        top_p=base.top_p if args.top_p is None else args.top_p,
-        more_smooth=base.more_smooth if args.more_smooth is None else args.more_smooth,
+    group.add_argument(
+        "--preset",
+        choices=list(SAMPLING_PRESETS),
+        default=default_preset,
+        help=f"named settings that the flags below override ({presets})",
     )
-    return {"cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p, "more_smooth": settings.more_smooth}
+    add_config_options(group, SamplingSettings, defaults=asdict(SAMPLING_PRESETS[default_preset]))
+    if seed:
+        group.add_argument("--seed", type=int, default=0, help="seed of the sampler's random generator")
+
+
+def sampling_settings(args: argparse.Namespace):
+    """The SamplingSettings of the command line: the preset, then the flags given."""
+    from nextscale.sampling import SamplingSettings
+
+    return build_config(SamplingSettings, args, asdict(SamplingSettings.preset(args.preset)))
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2^63), got {seed}")
+
+
+# ---- loading models -------------------------------------------------------------------------------------------------
 
 
 def load_models(args):
@@ -59,34 +164,29 @@ def load_models(args):
     from nextscale.convert import load_official
     from nextscale.pretrained import from_pretrained, read_metadata
 
+    check_device(args.device)
     if args.model:
         if not Path(args.model).is_dir():
-            raise UsageError(f"model directory not found: {args.model}")
+            raise UsageError(f"--model {args.model}: model directory not found")
         tokenizer, model = from_pretrained(args.model, args.device)
         if tokenizer is None or model is None:
-            raise UsageError(f"{args.model} needs both tokenizer/ and transformer/ to sample")
+            raise UsageError(f"--model {args.model}: needs both tokenizer/ and transformer/")
         return tokenizer, model, read_metadata(args.model).get("classes")
     if not (args.vae and args.var):
         raise UsageError("give --model DIR, or both --vae and --var")
-    for path in (args.vae, args.var):
+    for flag, path in (("--vae", args.vae), ("--var", args.var)):
         if ("/" in path or path.endswith((".pth", ".pt"))) and not Path(path).is_file():
-            raise UsageError(f"checkpoint not found: {path}")
+            raise UsageError(f"{flag} {path}: checkpoint not found")
     tokenizer, model = load_official(args.vae, args.var, num_heads=args.num_heads, device=args.device)
     return tokenizer, model, None
 
 
-def _autocast(args):
-    return torch.bfloat16 if args.bf16 else None
-
-
 def load_pipeline(args):
-    """A Pipeline from --model or --vae/--var, with the class names and --bf16."""
+    """A Pipeline from --model or --vae/--var, with the class names, --bf16 and the command's sampling settings."""
     from nextscale.pipeline import Pipeline
 
     tokenizer, model, classes = load_models(args)
     source = os.path.abspath(args.model) if args.model else f"official: {args.vae} + {args.var}"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    return Pipeline(tokenizer, model, class_names=classes, dtype=dtype, source=str(source))
-
-
-# ---- sample ---------------------------------------------------------------------------------------------------------
+    settings = sampling_settings(args) if hasattr(args, "preset") else "demo"
+    return Pipeline(tokenizer, model, settings, class_names=classes, dtype=dtype, source=str(source))

@@ -1,132 +1,204 @@
-"""`nextscale train-tokenizer`, `train`, `evaluate`, `quickstart`."""
+"""`nextscale train-tokenizer`, `train`, `evaluate`, `convert`, `quickstart`.
+
+Training options are generated from the configs (`LoopConfig`, `DataConfig`, the task's config and, for the
+transformer, `VARConfig`): every field has a flag, the help shows its default, and a value is taken from, in order,
+the config's default, the recipe (`--recipe`), then the flag.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import torch
+from nextscale.cli.common import (
+    UsageError,
+    add_command,
+    check_device,
+    check_output_dir,
+    check_positive,
+    default_device,
+)
+from nextscale.cli.options import add_config_options, build_config, given
 
-from nextscale.cli.common import UsageError
-
-
-def _add_data(parser: argparse.ArgumentParser, image_size: int) -> None:
-    from nextscale.data.build import DATASETS
-
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", default="fashion-mnist", help=f"{' | '.join(DATASETS)} | path of an image folder")
-    group.add_argument("--data-root", help="where the data lives when --data names a built-in set")
-    group.add_argument("--image-size", type=int, default=image_size)
-    group.add_argument("--hflip", action="store_true", help="random horizontal flips")
-    group.add_argument("--allow-single-class", action="store_true", help="accept an image folder with one class")
-
-
-def _add_loop(parser: argparse.ArgumentParser, out: str, steps: int, batch: int, lr: float, wd: float) -> None:
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--out", default=out, help="run directory (checkpoints, logs, model/); rerun to resume")
-    group.add_argument("--steps", type=int, default=steps)
-    group.add_argument("--batch-size", type=int, default=batch, help="global batch (all processes)")
-    group.add_argument("--grad-accumulation", type=int, default=1)
-    group.add_argument("--base-lr", type=float, default=lr, help="lr per 256 images (lr = base × batch / 256)")
-    group.add_argument("--warmup-steps", type=int)
-    group.add_argument("--lr-schedule", default="lin0")
-    group.add_argument("--final-lr-ratio", type=float, default=0.01)
-    group.add_argument("--weight-decay", type=float, default=wd)
-    group.add_argument("--final-weight-decay", type=float)
-    group.add_argument("--grad-clip", type=float, default=2.0)
-    group.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="bf16")
-    group.add_argument("--ema-decay", type=float, default=0.0)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--log-every", type=int, default=25)
-    group.add_argument("--eval-every", type=int, default=500)
-    group.add_argument("--eval-batches", type=int, default=10)
-    group.add_argument("--save-every", type=int, default=250)
-    group.add_argument("--keep-last", type=int, default=2)
-    group.add_argument("--wrap", choices=["ddp", "fsdp", "none"], default="ddp")
-    group.add_argument("--no-progress", action="store_true")
+_LOOP_RENAMES = {"output_dir": "--out"}
+_DATA_RENAMES = {"name": "--data", "root": "--data-root"}
+_DATA_EXCLUDE = ("seed",)  # one --seed for the run (LoopConfig's)
 
 
-def loop_config(args):
+def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
+    from nextscale.data.build import DATASETS, DataConfig
+    from nextscale.train.loop import PRECISIONS, LoopConfig
+    from nextscale.train.schedule import NAMED_SCHEDULES
+
+    add_config_options(
+        parser.add_argument_group("optimisation and run"),
+        LoopConfig,
+        defaults=recipe.loop,
+        renames=_LOOP_RENAMES,
+        choices={"precision": PRECISIONS, "wrap": ("ddp", "fsdp", "none")},
+        helps={
+            "output_dir": "run directory (checkpoints, logs, model/); rerun the same command to resume",
+            "lr_schedule": f"{', '.join(NAMED_SCHEDULES)}, or lin<T> with 0<T<1 (two slopes meeting at T)",
+        },
+    )
+    add_config_options(
+        parser.add_argument_group("data"),
+        DataConfig,
+        defaults=recipe.data,
+        renames=_DATA_RENAMES,
+        exclude=_DATA_EXCLUDE,
+        helps={"name": f"{' | '.join(DATASETS)} | the path of an image folder"},
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over in --out: move the existing checkpoints aside (to <out>/replaced-<time>) instead of resuming",
+    )
+
+
+def _loop_and_data(args, recipe):
+    from nextscale.data.build import DataConfig
     from nextscale.train.loop import LoopConfig
 
-    return LoopConfig(
-        output_dir=args.out,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accumulation=args.grad_accumulation,
-        base_lr=args.base_lr,
-        warmup_steps=args.warmup_steps,
-        lr_schedule=args.lr_schedule,
-        final_lr_ratio=args.final_lr_ratio,
-        weight_decay=args.weight_decay,
-        final_weight_decay=args.final_weight_decay,
-        grad_clip=args.grad_clip,
-        precision=args.precision,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
-        log_every=args.log_every,
-        eval_every=args.eval_every,
-        eval_batches=args.eval_batches,
-        save_every=args.save_every,
-        keep_last=args.keep_last,
-        wrap=args.wrap,
-        progress=not args.no_progress,
+    loop = build_config(LoopConfig, args, recipe.loop)
+    data = build_config(DataConfig, args, recipe.data, seed=loop.seed)
+    check_output_dir(loop.output_dir)
+    check_positive(loop.steps if not getattr(loop, "epochs", None) else 1, "--steps")
+    return loop, data
+
+
+def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) -> None:
+    parser.set_defaults(recipes=recipes)
+    parser.add_argument(
+        "--recipe",
+        default=default,
+        choices=list(recipes),
+        help="named settings that the other flags override (docs/recipes.md); the defaults shown are this default's",
     )
 
 
-def data_config(args):
-    from nextscale.data.build import DataConfig
+def add_commands(commands) -> None:
+    from nextscale.model.config import VAR_PRESETS, VARConfig
+    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS
+    from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, DEFAULT_VAR_RECIPE, TOKENIZER_RECIPES, VAR_RECIPES
+    from nextscale.train.tokenizer_task import TokenizerTrainConfig
+    from nextscale.train.var_task import VARTrainConfig
 
-    return DataConfig(
-        name=args.data,
-        image_size=args.image_size,
-        root=args.data_root,
-        seed=args.seed,
-        hflip=args.hflip,
-        allow_single_class=args.allow_single_class,
+    recipe = TOKENIZER_RECIPES[DEFAULT_TOKENIZER_RECIPE]
+    p = add_command(commands, "train-tokenizer", "train the multi-scale VQ tokenizer", cmd_train_tokenizer)
+    _add_recipe(p, TOKENIZER_RECIPES, DEFAULT_TOKENIZER_RECIPE)
+    _add_loop_and_data(p, recipe)
+    add_config_options(
+        p.add_argument_group("tokenizer"),
+        TokenizerTrainConfig,
+        defaults=recipe.task,
+        exclude=("data",),
+        choices={"preset": TOKENIZER_PRESETS},
     )
+
+    recipe = VAR_RECIPES[DEFAULT_VAR_RECIPE]
+    p = add_command(commands, "train", "train the VAR transformer on a trained tokenizer", cmd_train)
+    _add_recipe(p, VAR_RECIPES, DEFAULT_VAR_RECIPE)
+    _add_loop_and_data(p, recipe)
+    add_config_options(
+        p.add_argument_group("transformer training"),
+        VARTrainConfig,
+        defaults=recipe.task,
+        exclude=("data", "model"),
+        choices={"preset": VAR_PRESETS},
+    )
+    add_config_options(
+        p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)"),
+        VARConfig,
+        exclude=("num_classes",),
+        show_defaults=False,
+    )
+
+    p = add_command(commands, "evaluate", "tokenizer PSNR/usage and transformer loss/accuracy on a split", cmd_evaluate)
+    p.add_argument("--model", required=True, help="model directory (save_pretrained / nextscale train output)")
+    p.add_argument("--data", default="fashion-mnist", help="procedural | fashion-mnist | the path of an image folder")
+    p.add_argument("--data-root", help="where the data lives when --data names a built-in set")
+    p.add_argument("--image-size", type=int, help="image side (default: the tokenizer's)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the procedural set")
+    p.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
+    p.add_argument("--bf16", action="store_true", help="run the transformer under bf16 autocast")
+    p.add_argument("--out", help="also write the JSON here")
+
+    p = add_command(
+        commands, "convert", "an official tokenizer checkpoint → a model directory for `train --tokenizer`", cmd_convert
+    )
+    p.add_argument("--vae", required=True, help="vae_ch160v4096z32.pth (or 'vqvae' to download the released one)")
+    p.add_argument("--patch-nums", default="256", help="scale schedule: 256, 512, or sides like 1_2_3_4_5_6_8_10_13_16")
+    p.add_argument("--out", required=True, help="model directory to write")
+
+    p = add_command(
+        commands, "quickstart", "train a small tokenizer and VAR on a built-in set, write samples", cmd_quickstart
+    )
+    p.add_argument("--data", help="default: fashion-mnist when installed, else the built-in procedural set")
+    p.add_argument("--out", default="runs/quickstart", help="run directory; rerun to resume")
+    p.add_argument("--tokenizer-steps", type=int, default=400, help="optimizer steps of the tokenizer")
+    p.add_argument("--var-steps", type=int, default=600, help="optimizer steps of the transformer")
+    p.add_argument("--seed", type=int, default=0, help="seed of everything random")
 
 
 def cmd_train_tokenizer(args) -> None:
     from nextscale.train.loop import run
     from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
 
-    config = TokenizerTrainConfig(
-        preset=args.preset,
-        vocab_size=args.vocab_size,
-        patch_nums=args.patch_nums,
-        l1_weight=args.l1_weight,
-        l2_weight=args.l2_weight,
-        vq_weight=args.vq_weight,
-        perceptual_weight=args.perceptual_weight,
-        perceptual_weights=args.perceptual_weights,
-        gan_weight=args.gan_weight,
-        gan_start_step=args.gan_start_step,
-        dead_code_every=args.dead_code_every,
-        data=data_config(args),
-    )
-    export = run(TokenizerTask(config), loop_config(args))
+    recipe = args.recipes[args.recipe]
+    loop, data = _loop_and_data(args, recipe)
+    config = build_config(TokenizerTrainConfig, args, recipe.task, data=data)
+    if args.restart:
+        _move_run_aside(Path(loop.output_dir))
+    export = run(TokenizerTask(config), loop)
     print(f"tokenizer written to {export}")
 
 
 def cmd_train(args) -> None:
+    from nextscale.model.config import VARConfig
     from nextscale.train.loop import run
     from nextscale.train.var_task import VARTask, VARTrainConfig
 
-    if not Path(args.tokenizer).is_dir():
-        raise UsageError(f"tokenizer directory not found: {args.tokenizer} (train one with nextscale train-tokenizer)")
-    config = VARTrainConfig(
-        tokenizer=args.tokenizer,
-        preset=args.preset,
-        depth=args.depth,
-        label_dropout=args.label_dropout,
-        label_smoothing=args.label_smoothing,
-        cache_tokens=not args.no_token_cache,
-        progressive=args.progressive,
-        data=data_config(args),
-    )
-    export = run(VARTask(config), loop_config(args))
+    recipe = args.recipes[args.recipe]
+    loop, data = _loop_and_data(args, recipe)
+    model = {**recipe.model, **given(args, VARConfig, exclude=("num_classes",))}
+    config = build_config(VARTrainConfig, args, recipe.task, data=data, model=model)
+    if not Path(config.tokenizer).is_dir():
+        raise UsageError(
+            f"--tokenizer {config.tokenizer}: directory not found (train one with nextscale train-tokenizer, or "
+            "convert the released one with nextscale convert)"
+        )
+    if args.restart:
+        _move_run_aside(Path(loop.output_dir))
+    export = run(VARTask(config), loop)
     print(f"model written to {export}")
+
+
+def _move_run_aside(out: Path) -> None:
+    """--restart: the previous run's checkpoints, logs and export go to <out>/replaced-<time>/ (nothing deleted)."""
+    import time
+
+    parts = [out / name for name in ("checkpoints", "metrics.jsonl", "train.log", "tensorboard", "model")]
+    parts = [p for p in parts if p.exists()]
+    if not parts:
+        return
+    aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True)
+    for path in parts:
+        path.rename(aside / path.name)
+    print(f"nextscale: --restart: the previous run in {out} was moved to {aside}")
+
+
+def cmd_convert(args) -> None:
+    from nextscale.convert import load_official_tokenizer
+    from nextscale.pretrained import save_pretrained
+
+    check_output_dir(args.out)
+    tokenizer = load_official_tokenizer(args.vae, args.patch_nums)
+    out = save_pretrained(args.out, tokenizer=tokenizer, metadata={"converted_from": str(args.vae)})
+    print(f"tokenizer ({tokenizer.token_space}, {tokenizer.config.image_size} px) written to {out}")
 
 
 def cmd_quickstart(args) -> None:
@@ -135,36 +207,54 @@ def cmd_quickstart(args) -> None:
 
     data = args.data or ("fashion-mnist" if Path(DEFAULT_FASHION_MNIST_ROOT).is_dir() else "procedural")
     out = Path(args.out)
+    check_output_dir(out)
     print(f"quickstart: training a tokenizer and a small VAR on {data} (32 px) in {out}")
     common = ["--data", data, "--image-size", "32", "--seed", str(args.seed), "--eval-batches", "2", "--batch-size",
               "32", "--eval-every", "0", "--log-every", "50"]  # fmt: skip
-    main(
-        ["train-tokenizer", "--out", str(out / "tokenizer"), "--steps", str(args.tokenizer_steps), "--base-lr", "4e-3",
-         "--weight-decay", "0", *common]
-    )  # fmt: skip
-    main(
-        ["train", "--tokenizer", str(out / "tokenizer" / "model"), "--out", str(out / "var"), "--preset", "fmnist-tiny",
-         "--steps", str(args.var_steps), "--base-lr", "8e-3", "--no-token-cache", *common]
-    )  # fmt: skip
+    steps = ["train-tokenizer", "--out", str(out / "tokenizer"), "--steps", str(args.tokenizer_steps), "--base-lr",
+             "4e-3", "--weight-decay", "0", *common]  # fmt: skip
+    _run_step(main, steps)
+    steps = ["train", "--tokenizer", str(out / "tokenizer" / "model"), "--out", str(out / "var"), "--preset",
+             "fmnist-tiny", "--steps", str(args.var_steps), "--base-lr", "8e-3", "--no-cache-tokens",
+             *common]  # fmt: skip
+    _run_step(main, steps)
     grid = out / "samples.png"
-    main(["sample", "--model", str(out / "var" / "model"), "--per-class", "8", "--cfg", "2", "--out", str(grid)])
+    _run_step(
+        main, ["sample", "--model", str(out / "var" / "model"), "--per-class", "8", "--cfg", "2", "--out", str(grid)]
+    )
     print(f"done: class-conditional samples (one row per class) are in {grid}")
+
+
+def _run_step(main, argv: list[str]) -> None:
+    status = main(argv)
+    if status:
+        raise SystemExit(status)
 
 
 def cmd_evaluate(args) -> None:
     import json
 
+    import torch
+
+    from nextscale.data.build import DataConfig
     from nextscale.eval.metrics import evaluate_tokenizer, evaluate_transformer
     from nextscale.pretrained import from_pretrained
 
+    check_device(args.device)
     if not Path(args.model).is_dir():
-        raise UsageError(f"model directory not found: {args.model}")
+        raise UsageError(f"--model {args.model}: model directory not found")
     tokenizer, model = from_pretrained(args.model, args.device)
     if tokenizer is None:
-        raise UsageError(f"{args.model} holds no tokenizer")
-    dataset = data_config(args).build(args.split)
+        raise UsageError(f"--model {args.model}: holds no tokenizer")
+    size = args.image_size or tokenizer.config.image_size
+    data = DataConfig(name=args.data, image_size=size, root=args.data_root, seed=args.seed)
+    dataset = data.build(args.split)
     results = {"tokenizer": evaluate_tokenizer(tokenizer, dataset, limit=args.limit, progress=True)}
     if model is not None:
+        if dataset.num_classes > model.num_classes:
+            raise UsageError(
+                f"--data {args.data} has {dataset.num_classes} classes but the model knows {model.num_classes}"
+            )
         dtype = torch.bfloat16 if args.bf16 else None
         results["transformer"] = evaluate_transformer(
             model, tokenizer, dataset, limit=args.limit, autocast_dtype=dtype, progress=True
@@ -173,6 +263,3 @@ def cmd_evaluate(args) -> None:
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
-
-
-# ---- parser ---------------------------------------------------------------------------------------------------------

@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from nextscale.scales import SCHEDULES, ScaleSchedule, parse_patch_nums
-
 
 @dataclass
 class VARConfig:
+    """The transformer's own hyper-parameters: size, conditioning, attention, regularisation and initialisation.
+
+    What the transformer reads and predicts (vocabulary, latent channels, scale schedule) is not here: it belongs to
+    the tokenizer and reaches the model as a `TokenSpace` (`VAR(config, token_space)`). Width and heads follow from
+    the depth as in every released model (width 64·depth, one 64-wide head per layer) unless given.
+    """
+
     depth: int = 16
     width: int | None = None  # C; None → 64·depth (head dim 64, as every released model)
     num_heads: int | None = None  # None → depth
     num_classes: int = 1000  # the null (unconditional) class is index `num_classes`
-    vocab_size: int = 4096  # must equal the tokenizer's
-    latent_channels: int = 32  # Cvae, must equal the tokenizer's
-    patch_nums: tuple[int, ...] = SCHEDULES["256"]
     mlp_ratio: float = 4.0
     drop_path_rate: float | None = None  # None → 0.1·depth/24, as the official factory
     label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
@@ -30,8 +32,6 @@ class VARConfig:
     init_adaln_gamma_scale: float = 1e-5  # the official README uses 1e-3 for d16/d20, 1e-4 d24, 1e-5 d30, 5e-6 d36
 
     def __post_init__(self) -> None:
-        self.patch_nums = parse_patch_nums(self.patch_nums)
-        ScaleSchedule(self.patch_nums)
         if self.width is None:
             self.width = 64 * self.depth
         if self.num_heads is None:
@@ -48,10 +48,6 @@ class VARConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
     @property
-    def schedule(self) -> ScaleSchedule:
-        return ScaleSchedule(self.patch_nums)
-
-    @property
     def null_class(self) -> int:
         return self.num_classes
 
@@ -60,40 +56,24 @@ class VARConfig:
         return self.init_std if self.init_std is not None and self.init_std > 0 else math.sqrt(1 / (3 * self.width))
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return asdict(self)
 
 
-# what a transformer needs to fit the 32-px Fashion-MNIST tokenizer preset "fmnist-32" (10 classes)
-_FITS_FMNIST_32 = dict(
-    num_classes=10,
-    vocab_size=512,
-    latent_channels=16,
-    patch_nums=(1, 2, 3, 4, 6, 8),
-    drop_path_rate=0.0,
-    init_adaln_gamma_scale=1e-3,
-)
+# small models trained on a CPU (10 classes, no drop path, gammas starting at the d16/d20 recipe's 1e-3)
+_CPU_SIZED = dict(num_classes=10, drop_path_rate=0.0, init_adaln_gamma_scale=1e-3)
 
 # Presets hold constructor arguments (not built configs) so that overriding `depth` re-derives width, heads, drop path.
+# The released models pair with the released tokenizer (its 256-px schedule; var-d36 with the 512-px one).
 VAR_PRESETS: dict[str, dict] = {
     "var-d16": dict(depth=16),
     "var-d20": dict(depth=20),
     "var-d24": dict(depth=24),
     "var-d30": dict(depth=30),
-    "var-d36": dict(depth=36, shared_adaln=True, patch_nums=SCHEDULES["512"]),
-    # CPU-sized models for the 32-px tokenizer preset "fmnist-32"
-    "fmnist-small": dict(depth=6, width=256, num_heads=4, **_FITS_FMNIST_32),
-    "fmnist-tiny": dict(depth=4, width=128, num_heads=2, **_FITS_FMNIST_32),  # the quickstart's: minutes on 2 cores
-    "debug": dict(
-        depth=2,
-        width=64,
-        num_heads=2,
-        num_classes=10,
-        vocab_size=64,
-        latent_channels=8,
-        patch_nums=(1, 2, 3, 4),
-        drop_path_rate=0.0,
-        init_adaln_gamma_scale=1e-3,
-    ),
+    "var-d36": dict(depth=36, shared_adaln=True),
+    # CPU-sized models, e.g. on the 32-px Fashion-MNIST tokenizer preset "fmnist-32"
+    "fmnist-small": dict(depth=6, width=256, num_heads=4, **_CPU_SIZED),
+    "fmnist-tiny": dict(depth=4, width=128, num_heads=2, **_CPU_SIZED),  # the quickstart's: minutes on 2 cores
+    "debug": dict(depth=2, width=64, num_heads=2, **_CPU_SIZED),
 }
 
 

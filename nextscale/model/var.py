@@ -17,15 +17,27 @@ from torch import nn
 
 from nextscale.model.blocks import AdaLNBlock, AdaLNModulation, LayerCache
 from nextscale.model.config import VARConfig
+from nextscale.token_space import TokenSpace
 
 
 class VAR(nn.Module):
-    def __init__(self, config: VARConfig):
+    """The VAR transformer: class label + the tokenizer's coarser scales → logits for every token of the next scale.
+
+    Built from its own hyper-parameters (`VARConfig`) and the token space of the tokenizer it works with
+    (vocabulary, latent channels, scale schedule). `forward` is teacher forcing over all L tokens at once under the
+    block-causal mask, giving (B, L, V) logits; `step` is one scale of KV-cached decoding. It holds no tokenizer
+    weights and knows nothing of sampling: classifier-free guidance, top-k/top-p and the f̂ bookkeeping live in
+    `nextscale.sampling`, label dropout for training is available here but drawn by the caller when it must be
+    reproducible across processes.
+    """
+
+    def __init__(self, config: VARConfig, token_space: TokenSpace):
         super().__init__()
         self.config = config
-        self.schedule = schedule = config.schedule
+        self.token_space = token_space
+        self.schedule = schedule = token_space.schedule
         C, std = config.width, config.resolved_init_std
-        self.token_embed = nn.Linear(config.latent_channels, C)
+        self.token_embed = nn.Linear(token_space.latent_channels, C)
         self.class_embed = nn.Embedding(config.num_classes + 1, C)  # last row: the null class
         self.start_pos = nn.Parameter(torch.empty(1, schedule.first_length, C))
         self.pos_embed = nn.Parameter(torch.empty(1, schedule.total_length, C))
@@ -46,7 +58,7 @@ class VAR(nn.Module):
         )
         self.head_norm = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
         self.head_adaln = AdaLNModulation(C, C, 2)  # scale, shift
-        self.head = nn.Linear(C, config.vocab_size)
+        self.head = nn.Linear(C, token_space.vocab_size)
         # derived from the schedule, so not saved
         self.register_buffer("level_L", schedule.level_ids(), persistent=False)
         self.register_buffer("attn_mask_LL", schedule.attention_mask(), persistent=False)
@@ -95,15 +107,6 @@ class VAR(nn.Module):
         rate = self.config.label_dropout if rate is None else rate
         drop_B = torch.rand(labels_B.shape[0], device=labels_B.device) < rate
         return torch.where(drop_B, self.config.null_class, labels_B)
-
-    def check_labels(self, labels_B: torch.Tensor) -> None:
-        if labels_B.dtype not in (torch.int64, torch.int32) or labels_B.dim() != 1:
-            raise ValueError(f"labels must be a 1-D integer tensor, got {labels_B.dtype} {tuple(labels_B.shape)}")
-        if labels_B.numel() and (labels_B.min() < 0 or labels_B.max() > self.config.null_class):
-            raise ValueError(
-                f"labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional), "
-                f"got {labels_B.min().item()}…{labels_B.max().item()}"
-            )
 
     def condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """What the blocks receive: the class condition, or the shared AdaLN modulation computed once."""

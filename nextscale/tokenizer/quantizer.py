@@ -37,6 +37,14 @@ def downsample(f_BCHW: torch.Tensor, side: int) -> torch.Tensor:
 
 
 class MultiScaleQuantizer(nn.Module):
+    """One codebook shared by K scales, and the φ convs that refine each scale's upsampled code map.
+
+    `quantize` turns a latent (B, C, H, W) into K token maps and the cumulative f̂ after each; `forward` is the
+    training pass (straight-through f̂ and the VQ loss); `fhat_from_tokens`, `teacher_input` and `next_input`
+    rebuild f̂ from tokens for decoding, teacher forcing and sampling. Every path adds scale k as `refine(k, h)`.
+    It holds no encoder or decoder and no usage statistics (training tracks those).
+    """
+
     def __init__(
         self,
         *,
@@ -64,8 +72,12 @@ class MultiScaleQuantizer(nn.Module):
             self.phis = nn.ModuleList(nn.Identity() for _ in range(count))
         self.phi_of_scale = schedule.phi_indices(count)
 
-    def phi(self, scale: int, h_BChw: torch.Tensor) -> torch.Tensor:
-        return self.phis[self.phi_of_scale[scale]](h_BChw)
+    def refine(self, scale: int, h_BChw: torch.Tensor) -> torch.Tensor:
+        """Scale `scale`'s code embeddings (B, C, h, w) → their contribution to f̂ on the finest grid (B, C, H, W):
+        bicubic upsampling (none at the finest scale), then that scale's φ."""
+        K, final = self.schedule.num_scales, self.schedule.final_side
+        h_BCHW = upsample(h_BChw, final) if scale < K - 1 else h_BChw.contiguous()
+        return self.phis[self.phi_of_scale[scale]](h_BCHW)
 
     def nearest_codes(self, z_NC: torch.Tensor) -> torch.Tensor:
         """(N, C) vectors → (N,) code ids (squared L2, or cosine when `use_znorm`)."""
@@ -100,7 +112,7 @@ class MultiScaleQuantizer(nn.Module):
             h_BChw = self.embed(idx_Bhw)
             if not keep_grad:
                 h_BChw = h_BChw.detach()
-            h_BCHW = self.phi(k, upsample(h_BChw, final) if k < K - 1 else h_BChw.contiguous())
+            h_BCHW = self.refine(k, h_BChw)
             f_rest.sub_(h_BCHW.detach())
             yield k, idx_Bhw, h_BCHW, z_BChw
 
@@ -141,7 +153,7 @@ class MultiScaleQuantizer(nn.Module):
         return self.fhat_from_embeddings([self.embed(idx) for idx in idx_list])
 
     def fhat_from_embeddings(self, h_list: list[torch.Tensor]) -> list[torch.Tensor]:
-        K, final = self.schedule.num_scales, self.schedule.final_side
+        K = self.schedule.num_scales
         if len(h_list) > K:
             raise ValueError(f"got {len(h_list)} token maps for a {K}-scale schedule")
         out = []
@@ -150,8 +162,7 @@ class MultiScaleQuantizer(nn.Module):
             side = self.schedule.patch_nums[k]
             if tuple(h_BChw.shape[-2:]) != (side, side):
                 raise ValueError(f"scale {k} must be {side}×{side}, got {tuple(h_BChw.shape[-2:])}")
-            h_BChw = h_BChw.float()
-            h_BCHW = self.phi(k, upsample(h_BChw, final) if k < K - 1 else h_BChw.contiguous())
+            h_BCHW = self.refine(k, h_BChw.float())
             if f_hat is None:
                 # start from a contiguous zero map as the official code does: the embeddings arrive channels-last,
                 # and a channels-last f̂ would send the decoder down other conv kernels (~1e-4 off the reference)
@@ -171,7 +182,7 @@ class MultiScaleQuantizer(nn.Module):
         f_hat = torch.zeros(B, self.latent_channels, final, final, device=idx_list[0].device)
         chunks = []
         for k in range(num_scales - 1):
-            f_hat.add_(self.phi(k, upsample(self.embed(idx_list[k]), final)))
+            f_hat.add_(self.refine(k, self.embed(idx_list[k])))
             nxt = self.schedule.patch_nums[k + 1]
             chunks.append(downsample(f_hat, nxt).flatten(2).transpose(1, 2))
         if not chunks:
@@ -181,9 +192,7 @@ class MultiScaleQuantizer(nn.Module):
     def next_input(self, scale: int, f_hat_BCHW: torch.Tensor, h_BChw: torch.Tensor) -> torch.Tensor:
         """Sampling step: add scale `scale`'s embeddings to f̂ in place, return the next scale's input (B, C, h', w')
         (f̂ itself after the last scale)."""
-        K, final = self.schedule.num_scales, self.schedule.final_side
-        if scale < K - 1:
-            f_hat_BCHW.add_(self.phi(scale, upsample(h_BChw, final)))
+        f_hat_BCHW.add_(self.refine(scale, h_BChw))
+        if scale < self.schedule.num_scales - 1:
             return downsample(f_hat_BCHW, self.schedule.patch_nums[scale + 1])
-        f_hat_BCHW.add_(self.phi(scale, h_BChw))
         return f_hat_BCHW

@@ -11,13 +11,21 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from nextscale.scales import ScaleSchedule, parse_patch_nums
+from nextscale.scales import SCHEDULES, ScaleSchedule, parse_patch_nums
+from nextscale.token_space import TokenSpace
 from nextscale.tokenizer.convs import Decoder, Encoder
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 
 
 @dataclass
 class TokenizerConfig:
+    """Architecture of the multi-scale VQ tokenizer: conv encoder/decoder levels, codebook, φ convs, schedule.
+
+    It owns the token space (`token_space`: vocabulary, latent channels, schedule) that transformers are built from.
+    The image side follows from the schedule's finest scale and the downsampling (`image_size`). Training-only
+    settings (loss weights, GAN, restarts) are in the tokenizer's training config, not here.
+    """
+
     vocab_size: int = 4096
     latent_channels: int = 32  # Cvae, the width of the codebook vectors
     base_channels: int = 160  # channels of the first encoder level (the released tokenizer uses 160)
@@ -60,13 +68,20 @@ class TokenizerConfig:
     def schedule(self) -> ScaleSchedule:
         return ScaleSchedule(self.patch_nums)
 
+    @property
+    def token_space(self) -> TokenSpace:
+        """What a transformer over this tokenizer reads and predicts."""
+        return TokenSpace(self.vocab_size, self.latent_channels, self.patch_nums)
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
-    # the released tokenizer, vae_ch160v4096z32.pth (108,948,355 parameters)
+    # the released tokenizer, vae_ch160v4096z32.pth (108,948,355 parameters), with the 256-px schedule
     "vqvae-f16-c160": TokenizerConfig(),
+    # the same weights with the 512-px schedule of the released d36 model
+    "vqvae-f16-c160-512": TokenizerConfig(patch_nums=SCHEDULES["512"]),
     # 32-px images → 8×8 finest tokens (downsampling 4), small enough to train on a CPU
     "fmnist-32": TokenizerConfig(
         vocab_size=512,
@@ -111,6 +126,14 @@ class TokenizerOutput:
 
 
 class Tokenizer(nn.Module):
+    """Multi-scale VQ tokenizer: images (B, 3, H, W) in [-1, 1] ↔ K token maps (B, h_k, w_k), coarse to fine.
+
+    `encode` / `decode` are the inference API (no gradients); `forward` is the training pass (straight-through
+    reconstruction and VQ loss); `teacher_input` builds the transformer's input from token maps. The encoder and
+    decoder are the VQGAN convolution stacks of the released tokenizer; the quantizer is `MultiScaleQuantizer`.
+    It does not train itself (see `nextscale.train.tokenizer_task`) and does not know any transformer.
+    """
+
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         self.config = config
@@ -147,6 +170,10 @@ class Tokenizer(nn.Module):
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
+
+    @property
+    def token_space(self) -> TokenSpace:
+        return self.config.token_space
 
     def _check_images(self, images_BCHW: torch.Tensor) -> None:
         size, channels = self.config.image_size, self.config.image_channels

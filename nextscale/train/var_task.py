@@ -6,8 +6,9 @@ Letters: B batch, L all tokens, V vocabulary, K scales.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch import nn
 from nextscale.data.build import DataConfig
 from nextscale.data.seeding import SampleKey
 from nextscale.eval.metrics import evaluate_transformer
-from nextscale.model.config import VARConfig, var_preset
+from nextscale.model.config import var_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer
@@ -38,31 +39,59 @@ LABEL_DROPOUT_STREAM = 0xD7  # purpose id of the label-dropout generator
 
 @dataclass
 class VARTrainConfig:
-    tokenizer: str = "runs/tokenizer/model"  # directory written by train-tokenizer (or save_pretrained)
-    preset: str = "fmnist-small"  # transformer preset; overrides below
-    depth: int | None = None
-    label_dropout: float = 0.1
-    label_smoothing: float = 0.0
-    init_adaln_gamma_scale: float | None = None
+    """What training a transformer needs beyond the loop: the tokenizer, the model (a preset with field overrides,
+    e.g. {"depth": 8, "init_adaln_gamma_scale": 1e-3}), the loss options and the data. The number of classes comes
+    from the data; vocabulary, latent channels and schedule from the tokenizer."""
+
+    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer (train-tokenizer or convert)
+    preset: str = "fmnist-small"  # transformer preset (VAR_PRESETS)
+    model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields overriding the preset's
+    label_smoothing: float = 0.0  # of the training loss (the logged L_mean/L_tail stay plain cross-entropy)
     cache_tokens: bool = True  # encode the dataset once when its images carry no random augmentation
     progressive: float = 0.0  # > 0: grow the number of trained scales over this fraction of the run
     progressive_start_scales: int = 5  # scales trained at the start of progressive training (the recipe's pg0=4 → 5)
     data: DataConfig | None = None
 
 
-def _metrics(
-    logits_BLV: torch.Tensor, targets_BL: torch.Tensor, tail: int, ce_BL: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """The official trainer's logged metrics: mean and last-scale cross-entropy (plain, without label smoothing; pass
-    the loss's own `ce_BL` when it has none) and top-1 accuracy (%)."""
-    ce_BL = cross_entropy_per_token(logits_BLV.detach(), targets_BL) if ce_BL is None else ce_BL.detach()
+def teacher_forced_loss(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    token_maps: list[torch.Tensor],
+    labels_B: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    num_scales: int | None = None,
+    newest_scale_weight: float = 1.0,
+    autocast=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training objective on one batch, as the trainer computes it, and the metrics it logs.
+
+    Teacher-forced logits from the tokenizer's f̂ of the true tokens; per-token cross-entropy (with
+    `label_smoothing`), every token weighted 1/L as the official trainer does (in progressive training only the
+    first `num_scales` scales count, and the newest of them is weighted `newest_scale_weight`); averaged over the
+    batch. Metrics: L_mean / L_tail (plain cross-entropy, no smoothing, over all / the last trained scale) and
+    acc_mean / acc_tail (top-1 %). `model` may be wrapped (DDP/FSDP); labels are used as given (dropout is the
+    caller's)."""
+    schedule = tokenizer.token_space.schedule
+    num_scales = schedule.num_scales if num_scales is None else num_scales
+    end, tail = schedule.offsets[num_scales], schedule.lengths[num_scales - 1]
+    targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)[:, :end]
+    teacher_BLC = tokenizer.teacher_input(token_maps, num_scales)
+    with autocast if autocast is not None else torch.autocast(labels_B.device.type, enabled=False):
+        logits_BLV = model(labels_B, teacher_BLC, num_scales=num_scales, drop_labels=False)
+    ce_BL = cross_entropy_per_token(logits_BLV, targets_BL, label_smoothing)
+    weight_L = torch.ones(end, device=ce_BL.device)
+    weight_L[end - tail :] = newest_scale_weight
+    loss = (ce_BL * weight_L).sum(1).div(weight_L.sum()).mean()
+    plain_BL = (ce_BL if label_smoothing == 0 else cross_entropy_per_token(logits_BLV, targets_BL)).detach()
     correct_BL = (logits_BLV.detach().argmax(-1) == targets_BL).float()
-    return {
-        "L_mean": ce_BL.mean(),
-        "L_tail": ce_BL[:, -tail:].mean(),
+    metrics = {
+        "L_mean": plain_BL.mean(),
+        "L_tail": plain_BL[:, -tail:].mean(),
         "acc_mean": correct_BL.mean() * 100,
         "acc_tail": correct_BL[:, -tail:].mean() * 100,
     }
+    return loss, metrics
 
 
 class VARTask(Task):
@@ -87,15 +116,9 @@ class VARTask(Task):
             raise ValueError(
                 f"the data is {self.data.image_size} px but the tokenizer takes {tokenizer.config.image_size} px images"
             )
-        overrides = {"num_classes": self.dataset.num_classes, "label_dropout": self.config.label_dropout}
-        if self.config.depth is not None:
-            overrides["depth"] = self.config.depth
-        if self.config.init_adaln_gamma_scale is not None:
-            overrides["init_adaln_gamma_scale"] = self.config.init_adaln_gamma_scale
-        model_config = var_preset(self.config.preset, **overrides)
-        check_fits(model_config, tokenizer)
+        model_config = var_preset(self.config.preset, **{**self.config.model, "num_classes": self.dataset.num_classes})
         torch.manual_seed(ctx.loop.seed)  # same initial weights on every rank
-        self.model = VAR(model_config).to(device)
+        self.model = VAR(model_config, tokenizer.token_space).to(device)
         # wrap first: FSDP replaces the parameters with sharded ones, which the optimizer must hold
         self.wrapped = wrap_model(self.model, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.model
         self.optimizer = build_optimizer(
@@ -128,7 +151,12 @@ class VARTask(Task):
             self.ema.load_state_dict(tensors["ema"])
 
     def config_dict(self):
-        return {**asdict(self.config), "data": asdict(self.data), "model": self.model.config.to_dict()}
+        return {
+            **asdict(self.config),
+            "data": asdict(self.data),
+            "model_config": self.model.config.to_dict(),  # the resolved preset + overrides
+            "token_space": self.tokenizer.token_space.to_dict(),
+        }
 
     # ---- data -------------------------------------------------------------------------------------------------------
 
@@ -162,8 +190,6 @@ class VARTask(Task):
         ctx = self.ctx
         self.model.train()
         num_scales, newest_weight = self.scales_at(step)
-        end = self.model.schedule.offsets[num_scales]
-        tail = self.model.schedule.lengths[num_scales - 1]
         # label dropout keyed by (seed, step) over the global batch: 1 process and N processes drop the same labels
         global_drop = torch.rand(ctx.loop.batch_size, generator=ctx.step_generator(step, LABEL_DROPOUT_STREAM))
         rank_drop = global_drop.view(ctx.dist.world_size, -1)[ctx.dist.rank]
@@ -172,18 +198,14 @@ class VARTask(Task):
         for i, micro_keys in enumerate(micro):
             token_maps, labels_B = self.tokens_and_labels(micro_keys, self.dataset, self.cache)
             drop_B = rank_drop[i * len(micro_keys) : (i + 1) * len(micro_keys)].to(labels_B.device)
-            labels_B = torch.where(drop_B < self.config.label_dropout, self.model.config.null_class, labels_B)
-            targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)[:, :end]
-            teacher_BLC = self.tokenizer.teacher_input(token_maps, num_scales)
-            with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast():
-                logits_BLV = self.wrapped(labels_B, teacher_BLC, num_scales=num_scales, drop_labels=False)
-            ce_BL = cross_entropy_per_token(logits_BLV, targets_BL, self.config.label_smoothing)
-            weight_L = torch.ones(end, device=ce_BL.device)
-            weight_L[end - tail :] = newest_weight
-            loss = (ce_BL * weight_L).sum(1).div(weight_L.sum()).mean()
-            ctx.backward(loss)
-            plain_ce_BL = ce_BL if self.config.label_smoothing == 0 else None  # reuse it rather than recompute
-            for name, value in {"loss": loss.detach(), **_metrics(logits_BLV, targets_BL, tail, plain_ce_BL)}.items():
+            labels_B = torch.where(drop_B < self.model.config.label_dropout, self.model.config.null_class, labels_B)
+            with ctx.sync_context(self.wrapped, i == len(micro) - 1):
+                loss, metrics = teacher_forced_loss(
+                    self.wrapped, self.tokenizer, token_maps, labels_B, label_smoothing=self.config.label_smoothing,
+                    num_scales=num_scales, newest_scale_weight=newest_weight, autocast=ctx.autocast(),
+                )  # fmt: skip
+                ctx.backward(loss)
+            for name, value in {"loss": loss.detach(), **metrics}.items():
                 sums[name] = sums.get(name, 0) + value / len(micro)
         grad_norm = ctx.clip_and_step(self.optimizer, self.model.parameters())
         if self.ema is not None:
@@ -206,7 +228,7 @@ class VARTask(Task):
     def export(self, directory: Path) -> None:
         model = unwrap_model(self.wrapped)
         if is_sharded(model):  # gather into a plain copy (a collective: every rank takes part)
-            state, model = full_state_dict(self.wrapped), VAR(self.model.config)
+            state, model = full_state_dict(self.wrapped), VAR(self.model.config, self.model.token_space)
             if state:
                 model.load_state_dict(state)
         if not self.ctx.dist.is_main_process:
@@ -223,20 +245,4 @@ class VARTask(Task):
         save_pretrained(directory, tokenizer=self.tokenizer, model=model, metadata=metadata)
 
 
-def check_fits(config: VARConfig, tokenizer: Tokenizer) -> None:
-    """A transformer config must use the tokenizer's vocabulary, latent width and scale schedule."""
-    tc = tokenizer.config
-    problems = [
-        f"{name}: transformer {a}, tokenizer {b}"
-        for name, a, b in (
-            ("vocab_size", config.vocab_size, tc.vocab_size),
-            ("latent_channels", config.latent_channels, tc.latent_channels),
-            ("patch_nums", tuple(config.patch_nums), tuple(tc.patch_nums)),
-        )
-        if a != b
-    ]
-    if problems:
-        raise ValueError("the tokenizer does not fit the transformer config: " + "; ".join(problems))
-
-
-__all__ = ["VARTask", "VARTrainConfig", "check_fits"]
+__all__ = ["VARTask", "VARTrainConfig", "teacher_forced_loss"]

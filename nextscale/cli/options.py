@@ -1,0 +1,135 @@
+"""Command-line options generated from the dataclass configs, so that flags and fields cannot drift apart.
+
+Each field `name: type = default  # comment` becomes `--name` (underscores as dashes) with the field's type, its
+comment as help and its default shown. Options default to None ("not given"), so a command can layer its values:
+the dataclass defaults, then a preset or recipe, then the flags the user typed (`given`). Booleans become
+`--flag/--no-flag`. A command may rename a flag (`output_dir` → `--out`), add choices, or leave a field out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import math
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
+
+from nextscale.config_io import field_types, unwrap_optional
+from nextscale.scales import parse_patch_nums
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(?P<comment>.*))?$")
+
+
+@cache
+def field_comments(config_class: type) -> dict[str, str]:
+    """{field: its trailing comment} read from the class source; fields without a comment are absent."""
+    try:
+        source = inspect.getsource(config_class)
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(config_class)}
+    comments = {}
+    for line in source.splitlines():
+        match = _FIELD_LINE.match(line)
+        if match and match.group(1) in names and match.group("comment") and match.group(1) not in comments:
+            comments[match.group(1)] = match.group("comment").strip()
+    return comments
+
+
+def flag_of(name: str, renames: Mapping[str, str] | None = None) -> str:
+    return (renames or {}).get(name, "--" + name.replace("_", "-"))
+
+
+def _value_type(annotation: Any):
+    """A converter of one command-line word to `annotation`'s type; argparse reports its errors as usage errors."""
+    inner, _ = unwrap_optional(annotation)
+    if typing.get_origin(inner) is tuple:
+        what = "list of integers like 1_2_3_4"
+    else:
+        what = {int: "integer", float: "finite number"}.get(inner, "value")
+
+    def parse(text: str) -> Any:
+        try:
+            if inner is int:
+                return int(text)
+            if inner is float:
+                value = float(text)
+                if not math.isfinite(value):
+                    raise ValueError(text)
+                return value
+            if typing.get_origin(inner) is tuple:
+                return parse_patch_nums(text)
+            return text
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    config_class: type,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    exclude: Iterable[str] = (),
+    renames: Mapping[str, str] | None = None,
+    choices: Mapping[str, Iterable] | None = None,
+    helps: Mapping[str, str] | None = None,
+    show_defaults: bool = True,
+) -> None:
+    """Add one option per field of `config_class` (except `exclude`). `defaults` only changes what the help shows
+    (the command applies it when layering); options themselves default to None. `show_defaults=False` for fields
+    whose default comes from elsewhere (a preset)."""
+    comments = field_comments(config_class)
+    shown = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+    shown.update(defaults or {})
+    for name, annotation in field_types(config_class).items():
+        if name in exclude:
+            continue
+        flag = flag_of(name, renames)
+        text = (helps or {}).get(name) or comments.get(name, "")
+        options = list((choices or {}).get(name, ())) or None
+        default_text = shown.get(name)
+        if isinstance(default_text, tuple):
+            default_text = "_".join(map(str, default_text))
+        suffix = f" (default: {default_text})" if name in shown and default_text is not None else ""
+        if not show_defaults:
+            suffix = ""
+        if options:
+            suffix = f" (choices: {', '.join(map(str, options))}{'; default: ' + str(default_text) if suffix else ''})"
+        help_text = (text + suffix).strip().replace("%", "%%") or None  # argparse formats help with %
+        kwargs: dict[str, Any] = dict(dest=name, default=None, help=help_text)
+        inner, _ = unwrap_optional(annotation)
+        if inner is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if options:
+            kwargs["choices"] = options
+        else:
+            kwargs["metavar"] = flag.lstrip("-").upper().replace("-", "_")
+        parser.add_argument(flag, type=_value_type(annotation), **kwargs)
+
+
+def given(args: argparse.Namespace, config_class: type, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of `config_class` the user set on the command line (options left at None are absent)."""
+    return {
+        name: getattr(args, name)
+        for name in field_types(config_class)
+        if name not in exclude and getattr(args, name, None) is not None
+    }
+
+
+def build_config(config_class: type, args: argparse.Namespace, *layers: Mapping[str, Any], **fixed: Any):
+    """`config_class` from its defaults, then each of `layers` (presets, recipes), then the given flags, then
+    `fixed` (values the command sets itself)."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update(layer)
+    values.update(given(args, config_class, exclude=fixed))
+    values.update(fixed)
+    return config_class(**values)
