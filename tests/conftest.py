@@ -1,14 +1,19 @@
 """Shared fixtures: the official-code parity fixtures and tiny random models.
 
-Parity fixtures (see ../shared/parity/README.md): `tiny_a` lives in tests/assets so every clone runs parity;
-`tiny_b` and `tiny_e` are read from the shared folder next to the repository and skipped, with the reason shown,
-when it is absent. The official key tables (about 100 KB) are copied into tests/assets/keys.
+Parity fixtures (see ../shared/parity/README.md) live in tests/assets, so every clone runs the whole parity suite.
+`tiny_a` is stored as the official files; `tiny_b` and `tiny_e` store their transformer and io files as they are and
+their tokenizer as the tensors that differ from tiny_a's (`*_vae_delta.pt`: tiny_b differs only in its φ convs), which
+keeps the repository lean; the official `.pth` is rebuilt from it once per session and loaded through the same
+`load_official` path. The official key tables (about 100 KB) are copied into tests/assets/keys.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +55,32 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def rebuild_vae_from_delta(name: str, out_dir: Path) -> Path:
+    """tests/assets/<name>_vae_delta.pt + tiny_a's tokenizer → the official <name>_vae.pth in `out_dir`."""
+    delta = torch.load(ASSETS / f"{name}_vae_delta.pt", weights_only=True)
+    base = torch.load(ASSETS / "tiny_a_vae.pth", weights_only=True)
+    merged = {**{k: v for k, v in base.items() if k not in delta["removed"]}, **delta["changed"]}
+    path = out_dir / f"{name}_vae.pth"
+    torch.save({key: merged[key] for key in delta["order"]}, path)
+    return path
+
+
+@functools.cache
 def parity_dir(name: str) -> Path | None:
-    """Where a fixture's three files are, or None when they are not available in this checkout."""
-    candidates = [ASSETS, SHARED_PARITY] if name == "tiny_a" else [SHARED_PARITY]
-    for folder in candidates:
-        if all((folder / f"{name}_{part}").is_file() for part in ("io.pt", "vae.pth", "var.pth")):
-            return folder
+    """Where a fixture's three files are: tests/assets (tokenizer rebuilt from its delta into a session folder),
+    else ../shared/parity; None when neither has them."""
+    parts = ("io.pt", "vae.pth", "var.pth")
+    if all((ASSETS / f"{name}_{part}").is_file() for part in parts):
+        return ASSETS
+    if (ASSETS / f"{name}_vae_delta.pt").is_file() and (ASSETS / "tiny_a_vae.pth").is_file():
+        folder = Path(tempfile.mkdtemp(prefix=f"nextscale-{name}-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        rebuild_vae_from_delta(name, folder)
+        for part in ("io.pt", "var.pth"):
+            (folder / f"{name}_{part}").symlink_to(ASSETS / f"{name}_{part}")
+        return folder
+    if all((SHARED_PARITY / f"{name}_{part}").is_file() for part in parts):
+        return SHARED_PARITY
     return None
 
 

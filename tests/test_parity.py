@@ -211,3 +211,18 @@ def test_edit_run(parity, run):
     assert_tokens_equal(out.token_maps, spec["final_idx_per_scale"], f"{run} tokens used")
     assert_all_close(out.trace["fhat"], spec["fhat_per_scale"], f"{run} f̂")
     assert_image(out, spec, tokenizer, f"{run} image")
+
+
+@pytest.mark.parametrize("name", ["tiny_b", "tiny_e"])
+def test_the_stored_fixtures_are_the_official_files(name):
+    """The tokenizers rebuilt from tests/assets' deltas, and the copied files, equal ../shared/parity's originals."""
+    from conftest import SHARED_PARITY, parity_dir
+
+    if not (SHARED_PARITY / f"{name}_vae.pth").is_file():
+        pytest.skip(f"{SHARED_PARITY} is not beside this checkout: nothing to compare the stored copy with")
+    for part in ("vae.pth", "var.pth"):
+        rebuilt = torch.load(parity_dir(name) / f"{name}_{part}", weights_only=True)
+        original = torch.load(SHARED_PARITY / f"{name}_{part}", weights_only=True)
+        assert list(rebuilt) == list(original), part
+        assert all(torch.equal(rebuilt[k], original[k]) for k in original), part
+    assert (parity_dir(name) / f"{name}_io.pt").read_bytes() == (SHARED_PARITY / f"{name}_io.pt").read_bytes()
