@@ -21,6 +21,7 @@ from PIL import Image
 from nextscale.convert import load_official
 from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.images import to_pil
+from nextscale.inference import prepare_for_inference
 from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata
 from nextscale.sampling import Generation, SamplingSettings, generate
@@ -63,6 +64,7 @@ class Pipeline:
     class_names: list[str] | None = None  # one per class, for labels given by name
     dtype: torch.dtype | str = torch.float32  # fp32 runs as is; bf16 / fp16 run the networks under autocast
     source: str = ""  # where the weights came from, for records such as a sample set's settings.json
+    fast: bool = False  # prepare the models for fast inference (nextscale.inference): cast weights, NHWC convs
 
     def __post_init__(self) -> None:
         self.settings = SamplingSettings.resolve(self.settings)
@@ -73,6 +75,9 @@ class Pipeline:
                 raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         self.tokenizer.eval()
         self.model.eval()
+        if self.fast:
+            cast = None if self.dtype == torch.float32 else self.dtype
+            prepare_for_inference(self.tokenizer, self.model, dtype=cast)
 
     # ---- building -----------------------------------------------------------------------------------------------
 
@@ -133,7 +138,8 @@ class Pipeline:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        return None if self.dtype == torch.float32 else self.dtype
+        """The autocast precision of the sampler: None for fp32, and for fast pipelines (their weights are cast)."""
+        return None if self.dtype == torch.float32 or self.fast else self.dtype
 
     def class_index(self, label: ClassLike) -> int:
         """A class id or a class name → the id (negative ids mean unconditional, as in `generate`)."""

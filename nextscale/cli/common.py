@@ -122,6 +122,11 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-heads", type=int, help="heads of an official plain-attention checkpoint")
     group.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
     group.add_argument("--bf16", action="store_true", help="run the transformer and decoder under bf16 autocast")
+    group.add_argument(
+        "--fast",
+        action="store_true",
+        help="prepare the models for fast inference (NHWC convolutions; with --bf16, bf16 weights instead of autocast)",
+    )
 
 
 def add_sampling(parser: argparse.ArgumentParser, default_preset: str, seed: bool = True) -> None:
@@ -189,4 +194,4 @@ def load_pipeline(args):
     source = os.path.abspath(args.model) if args.model else f"official: {args.vae} + {args.var}"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     settings = sampling_settings(args) if hasattr(args, "preset") else "demo"
-    return Pipeline(tokenizer, model, settings, class_names=classes, dtype=dtype, source=str(source))
+    return Pipeline(tokenizer, model, settings, class_names=classes, dtype=dtype, source=str(source), fast=args.fast)

@@ -70,6 +70,11 @@ class VAR(nn.Module):
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """fp32, or bf16/fp16 when the weights were cast for inference (`nextscale.inference`)."""
+        return self.head.weight.dtype
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """The official initialisation (`init_weights` of the reference), one rule per line."""
@@ -122,13 +127,15 @@ class VAR(nn.Module):
         """Input tokens of scale ≥ 1 from the tokenizer's resized f̂: (B, l, Cv) → (B, l, C)."""
         begin, end = self.schedule.span(scale)
         level_pos_lC = self.level_embed(self.level_L[begin:end]) + self.pos_embed[0, begin:end]
-        return self.token_embed(input_BlCv.float()) + level_pos_lC
+        return self.token_embed(input_BlCv.to(self.weight_dtype)) + level_pos_lC
 
     def logits(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        """Final AdaLN (scale, shift) and the linear head, in fp32: (B, L, V)."""
-        scale, shift = self.head_adaln(cond_BD.float()).unbind(2)
-        h = self.head_norm(x_BLC.float()).mul(scale.add(1)).add_(shift)
-        return self.head(h.float()).float()
+        """Final AdaLN (scale, shift) and the linear head, in the weights' precision (fp32 unless the model was cast
+        for inference), returned as fp32: (B, L, V)."""
+        dtype = self.weight_dtype
+        scale, shift = self.head_adaln(cond_BD.to(dtype)).unbind(2)
+        h = self.head_norm(x_BLC.to(dtype)).mul(scale.add(1)).add_(shift)
+        return self.head(h.to(dtype)).float()
 
     # ---- teacher forcing --------------------------------------------------------------------------------------------
 
@@ -157,7 +164,8 @@ class VAR(nn.Module):
             cond_BD = self.class_embed(labels_B)
             parts = [cond_BD.unsqueeze(1).expand(B, schedule.first_length, -1) + self.start_pos.expand(B, -1, -1)]
             if num_scales > 1:
-                parts.append(self.token_embed(teacher_input_BLCv[:, : end - schedule.first_length].float()))
+                inputs_BLCv = teacher_input_BLCv[:, : end - schedule.first_length].to(self.weight_dtype)
+                parts.append(self.token_embed(inputs_BLCv))
             x_BLC = torch.cat(parts, dim=1) + (self.level_embed(self.level_L[:end]) + self.pos_embed[0, :end])
         attn_mask = self.attn_mask_LL[:end, :end]
         cond = self.condition(cond_BD)
@@ -168,7 +176,8 @@ class VAR(nn.Module):
     # ---- incremental decoding ---------------------------------------------------------------------------------------
 
     def new_cache(self) -> list[LayerCache]:
-        return [LayerCache() for _ in self.blocks]
+        """One cache per block, with room for the whole sequence (keys and values written in place, scale by scale)."""
+        return [LayerCache(capacity=self.schedule.total_length) for _ in self.blocks]
 
     def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
         """One scale of KV-cached decoding: the new scale's input tokens → its logits (B, l, V). No mask is needed:

@@ -188,7 +188,7 @@ class Tokenizer(nn.Module):
     def latent(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """quant_conv(encoder(x)): the feature map that gets quantised, (B, C, H/f, W/f)."""
         self._check_images(images_BCHW)
-        return self.quant_conv(self.encoder(images_BCHW))
+        return self.quant_conv(self.encoder(self._conv_input(images_BCHW, self.encoder.conv_in.weight))).float()
 
     @torch.no_grad()
     def encode(self, images_BCHW: torch.Tensor) -> list[torch.Tensor]:
@@ -201,8 +201,17 @@ class Tokenizer(nn.Module):
         return self.quantizer.quantize(self.latent(images_BCHW))
 
     def decode_fhat(self, f_hat_BCHW: torch.Tensor) -> torch.Tensor:
-        """f̂ → images clamped to [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat_BCHW)).clamp_(-1, 1)
+        """f̂ → images clamped to [-1, 1] (fp32, whatever precision the decoder was cast to)."""
+        h_BCHW = self._conv_input(f_hat_BCHW, self.post_quant_conv.weight)
+        return self.decoder(self.post_quant_conv(h_BCHW)).float().clamp_(-1, 1)
+
+    @staticmethod
+    def _conv_input(x_BCHW: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """`x` in the precision and memory layout of the convolutions it enters (a no-op for the default fp32,
+        contiguous tokenizer; see `nextscale.inference` for the others)."""
+        channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return x_BCHW.to(dtype=weight.dtype, memory_format=layout)
 
     @torch.no_grad()
     def decode(self, token_maps: list[torch.Tensor]) -> torch.Tensor:
