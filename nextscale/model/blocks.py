@@ -1,4 +1,5 @@
-"""Transformer blocks of VAR: AdaLN-modulated self-attention and MLP.
+"""Transformer blocks of VAR: AdaLN-modulated self-attention and MLP; the plain pre-LayerNorm (GPT-2) block of the
+next-token baseline and of VAR without AdaLN.
 
 Letters: B batch, L tokens (of all scales so far), C width, H heads, c head dim, D condition dim (= C).
 """
@@ -17,17 +18,37 @@ MAX_LOGIT_SCALE = math.log(100.0)  # cap of the learned per-head attention tempe
 
 @dataclass
 class LayerCache:
-    """Keys and values of one attention layer for every token seen so far, (B, H, L, c); used while sampling."""
+    """What one layer keeps while sampling: keys and values of every token seen so far, (B, H, L, c), and the
+    block's AdaLN modulation, which depends on the class only and so is computed once per image.
+
+    With `capacity` > 0 the keys and values go into buffers allocated once for `capacity` tokens (the whole
+    sequence), and attention reads a view of the filled part; otherwise each scale is concatenated to the cache."""
 
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
+    capacity: int = 0
+    length: int = 0
+    modulation: torch.Tensor | None = None
 
     def extend(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        added = key.shape[2]
+        if self.capacity:
+            if self.key is None:
+                B, H, _, c = key.shape
+                self.key = key.new_empty(B, H, self.capacity, c)
+                self.value = value.new_empty(B, H, self.capacity, c)
+            if self.length + added > self.capacity:
+                raise ValueError(f"the cache holds {self.capacity} tokens; {self.length + added} were given")
+            self.key[:, :, self.length : self.length + added] = key
+            self.value[:, :, self.length : self.length + added] = value
+            self.length += added
+            return self.key[:, :, : self.length], self.value[:, :, : self.length]
         if self.key is None:
             self.key, self.value = key, value
         else:
             self.key = torch.cat((self.key, key), dim=2)
             self.value = torch.cat((self.value, value), dim=2)
+        self.length += added
         return self.key, self.value
 
 
@@ -143,9 +164,54 @@ class AdaLNBlock(nn.Module):
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """`cond` is the class condition (B, D), or the shared modulation (B, 1, 6, C) with `shared_adaln`."""
-        modulation = self.adaln_bias + cond if hasattr(self, "adaln_bias") else self.adaln(cond)
+        if cache is not None and cache.modulation is not None:
+            modulation = cache.modulation
+        else:
+            modulation = self.adaln_bias + cond if hasattr(self, "adaln_bias") else self.adaln(cond)
+            if cache is not None:
+                cache.modulation = modulation
         gamma1, gamma2, scale1, scale2, shift1, shift2 = modulation.unbind(2)  # order fixed by the official checkpoints
         h = self.norm(x_BLC).mul(scale1.add(1)).add_(shift1)
         x_BLC = x_BLC + self.drop_path(self.attn(h, attn_mask, cache).mul_(gamma1))
         h = self.norm(x_BLC).mul(scale2.add(1)).add_(shift2)
         return x_BLC + self.drop_path(self.mlp(h).mul(gamma2))
+
+
+class PlainBlock(nn.Module):
+    """The pre-LayerNorm (GPT-2) block: x += Attn(LN1(x));  x += MLP(LN2(x)), with affine LayerNorms and no class
+    modulation. The conditioning of a model built from it enters through its input tokens only.
+
+    The raster baseline uses it under a causal mask; VAR with AdaLN switched off uses it under the block-causal mask.
+    `attention_scale` is the softmax temperature of q·k when `l2_norm_attention` is off: None keeps SelfAttention's
+    (the official VAR's 0.25/√c, so that a VAR block differs from its AdaLN twin in the conditioning only), GPT-2's
+    is 1/√c. With L2-normalised attention the learned per-head temperature takes its place."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        l2_norm_attention: bool,
+        norm_eps: float,
+        attention_scale: float | None = None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=norm_eps)
+        self.attn = SelfAttention(width, num_heads, l2_norm_attention)
+        if attention_scale is not None:
+            if l2_norm_attention:
+                raise ValueError("attention_scale applies to plain attention only (l2_norm_attention is on)")
+            self.attn.scale = attention_scale
+        self.norm2 = nn.LayerNorm(width, eps=norm_eps)
+        self.mlp = MLP(width, round(width * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self, x_BLC: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: LayerCache | None = None
+    ) -> torch.Tensor:
+        """`attn_mask` (L, L) bool, True where a query may attend a key (None: everyone sees everyone, or, with a
+        `cache`, the cached tokens plus the new ones)."""
+        x_BLC = x_BLC + self.drop_path(self.attn(self.norm1(x_BLC), attn_mask, cache))
+        return x_BLC + self.drop_path(self.mlp(self.norm2(x_BLC)))
