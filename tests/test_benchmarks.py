@@ -1,0 +1,19 @@
+"""The benchmark scripts run end to end at toy sizes (a smoke test: figures come from real runs, never from tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_side_by_side_harness_runs_without_the_official_code():
+    command = [sys.executable, str(BENCHMARKS / "official_side_by_side.py"), "--tokenizer", "fmnist-32", "--depth", "1",
+               "--batch-size", "2", "--repeats", "1", "--train-depth", "1", "--train-batch-size", "2",
+               "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for row in ("sampling fp32 nextscale", "decoder fp32 nextscale", "fraction of matmul peak", "training fp32 d1"):
+        assert row in result.stdout, result.stdout
