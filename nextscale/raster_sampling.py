@@ -1,0 +1,104 @@
+"""Next-token sampling for the raster baseline: KV-cached, one token per step, classifier-free guidance, top-k/top-p.
+
+Each step feeds one position's input for 2B rows (conditional, then the null class) through the transformer and
+mixes the two halves as the VAR sampler does, logits = (1 + g)·conditional − g·unconditional, with a constant
+guidance g = `cfg` at every token: a raster sequence has no coarse-to-fine order for VAR's ramp from 0 to follow
+(the paper's next-token baseline and LlamaGen guide every token alike). After the last of the h·w tokens the map is
+decoded by the one-scale tokenizer.
+
+Random numbers come from one `torch.Generator` seeded with `seed`: the labels first (when drawn), then one draw per
+token. Letters: B batch, L tokens of the map, V vocabulary, h/w the grid.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from nextscale.model.raster import RasterTransformer
+from nextscale.sampling import (
+    Generation,
+    LabelsLike,
+    SamplingSettings,
+    make_generator,
+    resolve_labels,
+    sample_top_k_top_p,
+)
+from nextscale.token_space import require_same_token_space
+from nextscale.tokenizer.tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def sample_raster(
+    model: RasterTransformer,
+    tokenizer: Tokenizer,
+    labels_B: torch.Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator | None,
+    autocast_dtype: torch.dtype | None = None,
+    trace: bool = False,
+) -> Generation:
+    """The sampler proper: L KV-cached steps, then the decode. `trace` keeps each step's guided logits (B, 1, V),
+    before top-k/top-p, and its drawn tokens (B, 1)."""
+    require_same_token_space(tokenizer.token_space, model.token_space)
+    if settings.more_smooth:
+        raise ValueError("more_smooth does not apply to the raster model (its input is token ids, not embeddings)")
+    B, L, side = labels_B.shape[0], model.sequence_length, model.side
+    device = labels_B.device
+    cast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    records: dict[str, list[torch.Tensor]] = {"logits": [], "drawn": []}
+    guidance = settings.cfg  # constant over the sequence
+    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class)))
+    cache = model.new_cache()
+    tokens_BL = torch.empty(B, L, dtype=torch.int64, device=device)
+    with cast:
+        x_2B1C = model.start_input(labels_2B)
+    for t in range(L):
+        with cast:
+            logits_2B1V = model.step(x_2B1C, cache)
+        logits_B1V = (1 + guidance) * logits_2B1V[:B] - guidance * logits_2B1V[B:]
+        if trace:
+            records["logits"].append(logits_B1V.clone())
+        idx_B1 = sample_top_k_top_p(logits_B1V, settings.top_k, settings.top_p, generator)
+        if trace:
+            records["drawn"].append(idx_B1.clone())
+        tokens_BL[:, t] = idx_B1[:, 0]
+        if t < L - 1:
+            with cast:
+                x_2B1C = model.token_input(idx_B1.repeat(2, 1), t)
+    token_map_Bhw = tokens_BL.view(B, side, side)
+    with cast:
+        images = tokenizer.decode([token_map_Bhw])
+    images = images.float().add_(1).mul_(0.5)
+    return Generation(images=images, token_maps=[token_map_Bhw], labels=labels_B, trace=records if trace else {})
+
+
+def generate_raster(
+    model: RasterTransformer,
+    tokenizer: Tokenizer,
+    labels: LabelsLike = None,
+    settings: SamplingSettings | str | None = None,
+    *,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    trace: bool = False,
+) -> Generation:
+    """Class-conditional images from the raster model, with the meaning of `nextscale.sampling.generate`.
+
+    `labels`: a list/tensor of classes, one int for all (`batch_size` copies; negative → unconditional), or None for
+    `batch_size` random classes. `settings`: a `SamplingSettings`, a preset name or None (the defaults: cfg 1.5, no
+    filtering); `cfg`, `top_k`, `top_p` override single fields (`more_smooth` is refused: there are no embeddings to
+    smooth). `cfg` is the guidance of every token (0: none). `autocast_dtype=torch.bfloat16` runs the transformer and
+    decoder in bf16. `trace` keeps each step's guided logits and drawn tokens."""
+    settings = SamplingSettings.resolve(settings, cfg=cfg, top_k=top_k, top_p=top_p)
+    device = model.pos_embed.device
+    generator = make_generator(seed, device)
+    labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
+    return sample_raster(model, tokenizer, labels_B, settings, generator, autocast_dtype, trace)
