@@ -134,3 +134,52 @@ def test_preset_registry_and_validation():
     with pytest.raises(ValueError, match="label_dropout"):
         VARConfig(depth=2, label_dropout=1.0)
     assert {"var-d16", "var-d36", "fmnist-small", "debug"} <= set(VAR_PRESETS)
+
+
+# ---- ablation switches (the paper's Table 3) ------------------------------------------------------------------------
+
+
+def test_adaln_off_removes_exactly_the_modulation():
+    """Without AdaLN a block has plain affine LayerNorms and no modulation Linear; the head loses its AdaLN; nothing
+    else changes (the parameter difference is exactly those tensors)."""
+    space = tokenizer_preset("debug").token_space
+    with_adaln, plain = VAR(var_preset("debug"), space), VAR(var_preset("debug", adaln=False), space)
+    names = {name for name, _ in plain.named_parameters()}
+    assert not any("adaln" in name for name in names)
+    C, depth = plain.config.width, plain.config.depth
+    modulation = depth * (C * 6 * C + 6 * C) + (C * 2 * C + 2 * C)  # block AdaLN Linears and the head's
+    affine = depth * 2 * (2 * C) + 2 * C  # two affine LayerNorms per block, one before the head
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(with_adaln) - count(plain) == modulation - affine
+    kept = {name for name, _ in with_adaln.named_parameters() if "adaln" not in name}
+    assert kept <= names  # embeddings, attention, MLP and head are the same tensors
+
+
+def test_without_adaln_the_class_still_conditions_through_the_start_token(make_debug_pair):
+    tokenizer, model = make_debug_pair(adaln=False)
+    maps, _ = sample_inputs(tokenizer)
+    teacher = tokenizer.teacher_input(maps)
+    with torch.no_grad():
+        a, b = model(torch.tensor([1, 1]), teacher), model(torch.tensor([2, 2]), teacher)
+    assert (a - b).abs().amax() > CHANGED
+    for k in range(1, model.schedule.num_scales):  # and stays block-causal
+        changed = list(maps)
+        changed[k] = (maps[k] + 1) % 64
+        with torch.no_grad():
+            moved = model(torch.tensor([1, 1]), tokenizer.teacher_input(changed))
+        assert torch.equal(moved[:, : model.schedule.offsets[k + 1]], a[:, : model.schedule.offsets[k + 1]])
+
+
+def test_attention_without_l2_norm_is_plain_scaled_dot_product_attention():
+    from nextscale.model.blocks import SelfAttention
+
+    torch.manual_seed(0)
+    attention = SelfAttention(32, 4, l2_norm=False)
+    torch.nn.init.normal_(attention.q_bias)
+    x = torch.randn(2, 5, 32)
+    q, k, v = (x @ attention.qkv.weight.T).split(32, dim=-1)
+    q, v = q + attention.q_bias, v + attention.v_bias
+    heads = lambda t: t.view(2, 5, 4, 8).transpose(1, 2)  # noqa: E731
+    weights = (heads(q) @ heads(k).transpose(-1, -2) * (0.25 / math.sqrt(8))).softmax(-1)
+    expected = attention.proj((weights @ heads(v)).transpose(1, 2).reshape(2, 5, 32))
+    torch.testing.assert_close(attention(x), expected, atol=1e-6, rtol=0)

@@ -22,6 +22,9 @@ class VARConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float | None = None  # None → 0.1·depth/24, as the official factory
     label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
+    adaln: bool = (
+        True  # class conditioning by AdaLN in every block; off: plain LayerNorm blocks, class via the start token
+    )
     shared_adaln: bool = False  # one AdaLN Linear for all blocks plus per-block biases (the 512-px d36 model)
     l2_norm_attention: bool = True  # L2-normalised q/k with a learned per-head temperature
     norm_eps: float = 1e-6
@@ -44,6 +47,8 @@ class VARConfig:
             raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+        if self.shared_adaln and not self.adaln:
+            raise ValueError("shared_adaln needs adaln (there is no modulation to share without it)")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 

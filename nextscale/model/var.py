@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nextscale.model.blocks import AdaLNBlock, AdaLNModulation, LayerCache
+from nextscale.model.blocks import AdaLNBlock, AdaLNModulation, LayerCache, PlainBlock
 from nextscale.model.config import VARConfig
 from nextscale.token_space import TokenSpace
 
@@ -44,20 +44,20 @@ class VAR(nn.Module):
         self.level_embed = nn.Embedding(schedule.num_scales, C)
         self.shared_adaln = AdaLNModulation(C, C, 6) if config.shared_adaln else None
         drop_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        self.blocks = nn.ModuleList(
-            AdaLNBlock(
-                width=C,
-                num_heads=config.num_heads,
-                mlp_ratio=config.mlp_ratio,
-                drop_path=rate,
-                l2_norm_attention=config.l2_norm_attention,
-                shared_adaln=config.shared_adaln,
-                norm_eps=config.norm_eps,
-            )
-            for rate in drop_rates
+        block_kwargs = dict(
+            width=C,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            l2_norm_attention=config.l2_norm_attention,
+            norm_eps=config.norm_eps,
         )
-        self.head_norm = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=False)
-        self.head_adaln = AdaLNModulation(C, C, 2)  # scale, shift
+        if config.adaln:
+            blocks = [AdaLNBlock(drop_path=r, shared_adaln=config.shared_adaln, **block_kwargs) for r in drop_rates]
+        else:  # the ablation without AdaLN: the class reaches the blocks only through the start token
+            blocks = [PlainBlock(drop_path=r, **block_kwargs) for r in drop_rates]
+        self.blocks = nn.ModuleList(blocks)
+        self.head_norm = nn.LayerNorm(C, eps=config.norm_eps, elementwise_affine=not config.adaln)
+        self.head_adaln = AdaLNModulation(C, C, 2) if config.adaln else None  # scale, shift
         self.head = nn.Linear(C, token_space.vocab_size)
         # derived from the schedule, so not saved
         self.register_buffer("level_L", schedule.level_ids(), persistent=False)
@@ -88,15 +88,16 @@ class VAR(nn.Module):
             elif isinstance(module, nn.Embedding):
                 nn.init.trunc_normal_(module.weight, std=std)  # class and level embeddings
         self.head.weight.mul_(cfg.init_head_scale)  # near-uniform initial predictions
-        self.head_adaln.linear.weight.mul_(cfg.init_adaln_scale)
+        if self.head_adaln is not None:
+            self.head_adaln.linear.weight.mul_(cfg.init_adaln_scale)
         for block in self.blocks:
             block.attn.proj.weight.div_(math.sqrt(2 * depth))  # residual branches scaled by depth
             block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
-            if cfg.shared_adaln:
+            if cfg.adaln and cfg.shared_adaln:
                 block.adaln_bias.normal_().div_(math.sqrt(cfg.width))
                 block.adaln_bias[:, :, 2:].mul_(cfg.init_adaln_scale)  # scales and shifts
                 block.adaln_bias[:, :, :2].mul_(cfg.init_adaln_gamma_scale)  # gammas: blocks start near identity
-            else:
+            elif cfg.adaln:  # (plain blocks keep PyTorch's LayerNorm init: weight 1, bias 0)
                 weight = block.adaln.linear.weight
                 weight[2 * cfg.width :].mul_(cfg.init_adaln_scale)
                 weight[: 2 * cfg.width].mul_(cfg.init_adaln_gamma_scale)
@@ -133,8 +134,10 @@ class VAR(nn.Module):
         """Final AdaLN (scale, shift) and the linear head, in the weights' precision (fp32 unless the model was cast
         for inference), returned as fp32: (B, L, V)."""
         dtype = self.weight_dtype
-        scale, shift = self.head_adaln(cond_BD.to(dtype)).unbind(2)
-        h = self.head_norm(x_BLC.to(dtype)).mul(scale.add(1)).add_(shift)
+        h = self.head_norm(x_BLC.to(dtype))
+        if self.head_adaln is not None:
+            scale, shift = self.head_adaln(cond_BD.to(dtype)).unbind(2)
+            h = h.mul(scale.add(1)).add_(shift)
         return self.head(h.to(dtype)).float()
 
     # ---- teacher forcing --------------------------------------------------------------------------------------------
@@ -170,7 +173,7 @@ class VAR(nn.Module):
         attn_mask = self.attn_mask_LL[:end, :end]
         cond = self.condition(cond_BD)
         for block in self.blocks:
-            x_BLC = block(x_BLC, cond, attn_mask)
+            x_BLC = block(x_BLC, cond, attn_mask) if self.config.adaln else block(x_BLC, attn_mask)
         return self.logits(x_BLC, cond_BD)
 
     # ---- incremental decoding ---------------------------------------------------------------------------------------
@@ -184,7 +187,10 @@ class VAR(nn.Module):
         the cache holds exactly the earlier scales, and tokens within a scale see each other."""
         cond = self.condition(cond_BD)
         for block, layer_cache in zip(self.blocks, cache):
-            x_BlC = block(x_BlC, cond, None, layer_cache)
+            if self.config.adaln:
+                x_BlC = block(x_BlC, cond, None, layer_cache)
+            else:
+                x_BlC = block(x_BlC, None, layer_cache)
         return self.logits(x_BlC, cond_BD)
 
 
