@@ -22,8 +22,10 @@ from nextscale.convert import load_official
 from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.images import to_pil
 from nextscale.inference import prepare_for_inference
+from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata
+from nextscale.raster_sampling import generate_raster
 from nextscale.sampling import Generation, SamplingSettings, generate
 from nextscale.tokenizer.tokenizer import Tokenizer
 
@@ -121,7 +123,7 @@ class Pipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.model.start_pos.device
+        return self.model.pos_embed.device
 
     @property
     def num_classes(self) -> int:
@@ -178,7 +180,8 @@ class Pipeline:
         """Class-conditional images: `labels` as `nextscale.generate` takes them, or class names. Returns (B, 3, H, W)
         in [0, 1] ('pt'), PIL images ('pil') or the whole `Generation` with its token maps ('generation')."""
         _check_output_type(output_type)
-        out = generate(
+        sample = generate_raster if isinstance(self.model, RasterTransformer) else generate
+        out = sample(
             self.model,
             self.tokenizer,
             self.labels(labels),
@@ -209,6 +212,8 @@ class Pipeline:
         `mask_image` with `mode` (see `nextscale.editing`). `labels=None` in/out-paints unconditionally; a class
         steers the regenerated region (`mode='class-edit'` requires one). `samples` results per image."""
         _check_output_type(output_type)
+        if isinstance(self.model, RasterTransformer):
+            raise ValueError("zero-shot editing needs a VAR model; the next-token baseline cannot edit")
         if samples < 1:
             raise ValueError(f"samples must be positive, got {samples}")
         if mode == "class-edit" and labels is None:

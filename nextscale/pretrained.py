@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from nextscale.config_io import config_from_dict, config_to_dict
 from nextscale.model.config import VARConfig
+from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
@@ -36,7 +37,7 @@ META_FILE = "nextscale.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # transformer architectures by the name recorded in transformer/config.json: (module class, config class)
-TRANSFORMERS: dict[str, tuple[type, type]] = {"var": (VAR, VARConfig)}
+TRANSFORMERS: dict[str, tuple[type, type]] = {"var": (VAR, VARConfig), "raster": (RasterTransformer, RasterConfig)}
 _TOKEN_SPACE_FIELDS = ("vocab_size", "latent_channels", "patch_nums")
 
 

@@ -240,3 +240,23 @@ def test_sampling_settings_are_validated():
     with pytest.raises(TypeError, match="unknown sampling settings"):
         SamplingSettings.resolve("fid", temperature=0.5)
     assert SamplingSettings.resolve("fid", cfg=2.0) == dataclasses.replace(SAMPLING_PRESETS["fid"], cfg=2.0)
+
+
+def test_each_field_comment_sits_on_its_field_line():
+    """A field whose line the formatter had to wrap loses its comment as help: keep them on one line."""
+    import inspect
+
+    from nextscale.model.raster import RasterConfig
+    from nextscale.tokenizer.tokenizer import TokenizerConfig
+
+    for config_class in (LoopConfig, DataConfig, VARTrainConfig, TokenizerTrainConfig, VARConfig, RasterConfig,
+                         TokenizerConfig, SamplingSettings):  # fmt: skip
+        wrapped = [line for line in inspect.getsource(config_class).splitlines() if line.rstrip().endswith("= (")]
+        assert not wrapped, f"{config_class.__name__}: {wrapped}"
+
+
+def test_a_flag_of_the_other_architecture_is_refused(tmp_path, capsys):
+    (tmp_path / "tok").mkdir()
+    line = one_error_line(["train", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "r"),
+                           "--architecture", "raster", "--shared-adaln"], capsys)  # fmt: skip
+    assert "--shared-adaln is not a setting of the raster architecture" in line

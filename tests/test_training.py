@@ -171,3 +171,26 @@ def test_train_tokenizer_then_train_works_for_any_vocabulary_and_schedule(tmp_pa
     assert model.config.depth == 1 and model.head.out_features == 24
     out = generate(model, tokenizer, [0, 1], seed=0)
     assert [tuple(m.shape[1:]) for m in out.token_maps] == [(1, 1), (2, 2), (4, 4)]
+
+
+def test_the_next_token_baseline_trains_exports_and_samples(tmp_path: Path):
+    """`train --architecture raster` on a one-scale tokenizer: the loss falls, the export loads as the raster model,
+    and the pipeline samples from it."""
+    from nextscale import Pipeline, cli
+    from nextscale.model.raster import RasterTransformer
+
+    common = ["--data", "procedural", "--num-samples", "16", "--image-size", "8", "--batch-size", "8",
+              "--precision", "fp32", "--eval-every", "0", "--eval-batches", "1", "--no-progress"]  # fmt: skip
+    cli.main(["train-tokenizer", "--preset", "debug", "--patch-nums", "4", "--steps", "2",
+              "--out", str(tmp_path / "tokenizer"), *common])  # fmt: skip
+    tokenizer = str(tmp_path / "tokenizer" / "model")
+    cli.main(["train", "--architecture", "raster", "--preset", "debug", "--tokenizer", tokenizer, "--steps", "30",
+              "--log-every", "1", "--base-lr", "0.1", "--out", str(tmp_path / "ar"), *common])  # fmt: skip
+    losses = [record["train/loss"] for record in train_records(tmp_path / "ar")]
+    assert losses[0] == pytest.approx(math.log(64), abs=0.3)  # a fresh model: near uniform over the 64 codes
+    assert losses[-1] < losses[0] - 1.0, losses
+    pipe = Pipeline.from_pretrained(tmp_path / "ar" / "model")
+    assert isinstance(pipe.model, RasterTransformer)
+    assert pipe.generate([0, 1], seed=0).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="next-token baseline cannot edit"):
+        pipe.edit(torch.rand(1, 3, 8, 8), torch.eye(4))

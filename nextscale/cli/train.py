@@ -19,6 +19,7 @@ from nextscale.cli.common import (
     default_device,
 )
 from nextscale.cli.options import add_config_options, build_config, given
+from nextscale.config_io import field_types
 
 _LOOP_RENAMES = {"output_dir": "--out"}
 _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
@@ -79,10 +80,11 @@ def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) ->
 
 def add_commands(commands) -> None:
     from nextscale.model.config import VAR_PRESETS, VARConfig
+    from nextscale.model.raster import RASTER_PRESETS, RasterConfig
     from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS
     from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, DEFAULT_VAR_RECIPE, TOKENIZER_RECIPES, VAR_RECIPES
     from nextscale.train.tokenizer_task import TokenizerTrainConfig
-    from nextscale.train.var_task import VARTrainConfig
+    from nextscale.train.var_task import ARCHITECTURES, VARTrainConfig
 
     recipe = TOKENIZER_RECIPES[DEFAULT_TOKENIZER_RECIPE]
     p = add_command(commands, "train-tokenizer", "train the multi-scale VQ tokenizer", cmd_train_tokenizer)
@@ -105,12 +107,15 @@ def add_commands(commands) -> None:
         VARTrainConfig,
         defaults=recipe.task,
         exclude=("data", "model"),
-        choices={"preset": VAR_PRESETS},
+        choices={"preset": [*VAR_PRESETS, *RASTER_PRESETS], "architecture": ARCHITECTURES},
     )
+    model_group = p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)")
+    add_config_options(model_group, VARConfig, exclude=("num_classes",), show_defaults=False)
+    raster_only = [name for name in field_types(RasterConfig) if name not in field_types(VARConfig)]
     add_config_options(
-        p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)"),
-        VARConfig,
-        exclude=("num_classes",),
+        model_group,
+        RasterConfig,
+        exclude=[name for name in field_types(RasterConfig) if name not in raster_only],
         show_defaults=False,
     )
 
@@ -158,12 +163,19 @@ def cmd_train_tokenizer(args) -> None:
 
 def cmd_train(args) -> None:
     from nextscale.model.config import VARConfig
+    from nextscale.model.raster import RasterConfig
     from nextscale.train.loop import run
     from nextscale.train.var_task import VARTask, VARTrainConfig
 
     recipe = args.recipes[args.recipe]
     loop, data = _loop_and_data(args, recipe)
-    model = {**recipe.model, **given(args, VARConfig, exclude=("num_classes",))}
+    architecture = args.architecture or recipe.task.get("architecture", "var")
+    model_config = RasterConfig if architecture == "raster" else VARConfig
+    flags = {**given(args, VARConfig, exclude=("num_classes",)), **given(args, RasterConfig, exclude=("num_classes",))}
+    foreign = sorted(set(flags) - set(field_types(model_config)))
+    if foreign:
+        raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {architecture} architecture")
+    model = {**recipe.model, **flags}
     config = build_config(VARTrainConfig, args, recipe.task, data=data, model=model)
     if not Path(config.tokenizer).is_dir():
         raise UsageError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.metrics import progress_bar
@@ -102,7 +103,7 @@ def evaluate_transformer(
     (top-1 %) and per-scale loss/accuracy, averaged over tokens as the official trainer does."""
     was_training = model.training
     model.eval()
-    device = model.start_pos.device
+    device = model.pos_embed.device
     schedule = model.schedule
     sums = {
         "ce_K": torch.zeros(schedule.num_scales, device=device),
@@ -114,7 +115,10 @@ def evaluate_transformer(
         targets_BL = torch.cat([t.flatten(1) for t in token_maps], dim=1)
         cast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
         with cast:
-            logits_BLV = model(labels, tokenizer.teacher_input(token_maps))
+            if isinstance(model, RasterTransformer):  # next-token baseline: the targets are its own inputs
+                logits_BLV = model(labels, targets_BL)
+            else:
+                logits_BLV = model(labels, tokenizer.teacher_input(token_maps))
         ce_BL = cross_entropy_per_token(logits_BLV.float(), targets_BL)
         correct_BL = (logits_BLV.argmax(-1) == targets_BL).float()
         for k in range(schedule.num_scales):

@@ -22,9 +22,7 @@ class VARConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float | None = None  # None → 0.1·depth/24, as the official factory
     label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
-    adaln: bool = (
-        True  # class conditioning by AdaLN in every block; off: plain LayerNorm blocks, class via the start token
-    )
+    adaln: bool = True  # AdaLN class conditioning in each block; off: plain LayerNorm, class in the start token
     shared_adaln: bool = False  # one AdaLN Linear for all blocks plus per-block biases (the 512-px d36 model)
     l2_norm_attention: bool = True  # L2-normalised q/k with a learned per-head temperature
     norm_eps: float = 1e-6

@@ -1,4 +1,6 @@
-"""Training the VAR transformer on a frozen tokenizer's token maps (teacher forcing, every token weighted 1/L).
+"""Training a transformer on a frozen tokenizer's token maps: VAR (next-scale prediction, teacher forcing, every
+token weighted 1/L) or the next-token raster baseline of the ablation (`architecture="raster"`, on a one-scale
+tokenizer).
 
 Letters: B batch, L all tokens, V vocabulary, K scales.
 """
@@ -17,6 +19,7 @@ from nextscale.data.build import DataConfig
 from nextscale.data.seeding import SampleKey
 from nextscale.eval.metrics import evaluate_transformer
 from nextscale.model.config import var_preset
+from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer
@@ -44,7 +47,8 @@ class VARTrainConfig:
     from the data; vocabulary, latent channels and schedule from the tokenizer."""
 
     tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer (train-tokenizer or convert)
-    preset: str = "fmnist-small"  # transformer preset (VAR_PRESETS)
+    architecture: str = "var"  # var (next-scale) | raster (next-token baseline; needs a one-scale tokenizer)
+    preset: str = "fmnist-small"  # preset of the architecture (VAR_PRESETS, RASTER_PRESETS)
     model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields overriding the preset's
     label_smoothing: float = 0.0  # of the training loss (the logged L_mean/L_tail stay plain cross-entropy)
     cache_tokens: bool = True  # encode the dataset once when its images carry no random augmentation
@@ -83,15 +87,40 @@ def teacher_forced_loss(
     weight_L = torch.ones(end, device=ce_BL.device)
     weight_L[end - tail :] = newest_scale_weight
     loss = (ce_BL * weight_L).sum(1).div(weight_L.sum()).mean()
+    return loss, _logged_metrics(logits_BLV, targets_BL, ce_BL, label_smoothing, tail)
+
+
+def next_token_loss(
+    model: nn.Module,
+    token_maps: list[torch.Tensor],
+    labels_B: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    autocast=None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The raster baseline's objective: mean cross-entropy of every token of the one token map given the class and
+    the tokens before it, and the same logged metrics as VAR's (L_tail = L_mean: there is one scale)."""
+    targets_BL = token_maps[-1].flatten(1)
+    with autocast if autocast is not None else torch.autocast(labels_B.device.type, enabled=False):
+        logits_BLV = model(labels_B, targets_BL, drop_labels=False)
+    ce_BL = cross_entropy_per_token(logits_BLV, targets_BL, label_smoothing)
+    return ce_BL.mean(), _logged_metrics(logits_BLV, targets_BL, ce_BL, label_smoothing, targets_BL.shape[1])
+
+
+def _logged_metrics(logits_BLV, targets_BL, ce_BL, label_smoothing: float, tail: int) -> dict[str, torch.Tensor]:
+    """L_mean / L_tail: plain cross-entropy (no smoothing) over all / the last `tail` tokens; acc_*: top-1 %."""
     plain_BL = (ce_BL if label_smoothing == 0 else cross_entropy_per_token(logits_BLV, targets_BL)).detach()
     correct_BL = (logits_BLV.detach().argmax(-1) == targets_BL).float()
-    metrics = {
+    return {
         "L_mean": plain_BL.mean(),
         "L_tail": plain_BL[:, -tail:].mean(),
         "acc_mean": correct_BL.mean() * 100,
         "acc_tail": correct_BL[:, -tail:].mean() * 100,
     }
-    return loss, metrics
+
+
+# architecture name → (preset function, module class): what `architecture` builds
+ARCHITECTURES = {"var": (var_preset, VAR), "raster": (raster_preset, RasterTransformer)}
 
 
 class VARTask(Task):
@@ -116,9 +145,14 @@ class VARTask(Task):
             raise ValueError(
                 f"the data is {self.data.image_size} px but the tokenizer takes {tokenizer.config.image_size} px images"
             )
-        model_config = var_preset(self.config.preset, **{**self.config.model, "num_classes": self.dataset.num_classes})
+        if self.config.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.config.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
+            )
+        preset, module_class = ARCHITECTURES[self.config.architecture]
+        model_config = preset(self.config.preset, **{**self.config.model, "num_classes": self.dataset.num_classes})
         torch.manual_seed(ctx.loop.seed)  # same initial weights on every rank
-        self.model = VAR(model_config, tokenizer.token_space).to(device)
+        self.model = module_class(model_config, tokenizer.token_space).to(device)
         # wrap first: FSDP replaces the parameters with sharded ones, which the optimizer must hold
         self.wrapped = wrap_model(self.model, ctx.dist, ctx.loop.wrap) if ctx.dist.is_distributed else self.model
         self.optimizer = build_optimizer(
@@ -173,7 +207,7 @@ class VARTask(Task):
     def scales_at(self, step: int) -> tuple[int, float]:
         """Progressive training: (scales trained, weight of the newest scale's loss)."""
         K, fraction = self.model.schedule.num_scales, self.config.progressive
-        if fraction <= 0:
+        if fraction <= 0 or self.config.architecture != "var":
             return K, 1.0
         end = max(int(self.ctx.loop.steps * fraction), 1)
         start = min(self.config.progressive_start_scales, K)
@@ -200,10 +234,16 @@ class VARTask(Task):
             drop_B = rank_drop[i * len(micro_keys) : (i + 1) * len(micro_keys)].to(labels_B.device)
             labels_B = torch.where(drop_B < self.model.config.label_dropout, self.model.config.null_class, labels_B)
             with ctx.sync_context(self.wrapped, i == len(micro) - 1):
-                loss, metrics = teacher_forced_loss(
-                    self.wrapped, self.tokenizer, token_maps, labels_B, label_smoothing=self.config.label_smoothing,
-                    num_scales=num_scales, newest_scale_weight=newest_weight, autocast=ctx.autocast(),
-                )  # fmt: skip
+                if self.config.architecture == "raster":
+                    loss, metrics = next_token_loss(
+                        self.wrapped, token_maps, labels_B, label_smoothing=self.config.label_smoothing,
+                        autocast=ctx.autocast(),
+                    )  # fmt: skip
+                else:
+                    loss, metrics = teacher_forced_loss(
+                        self.wrapped, self.tokenizer, token_maps, labels_B, label_smoothing=self.config.label_smoothing,
+                        num_scales=num_scales, newest_scale_weight=newest_weight, autocast=ctx.autocast(),
+                    )  # fmt: skip
                 ctx.backward(loss)
             for name, value in {"loss": loss.detach(), **metrics}.items():
                 sums[name] = sums.get(name, 0) + value / len(micro)
@@ -228,7 +268,7 @@ class VARTask(Task):
     def export(self, directory: Path) -> None:
         model = unwrap_model(self.wrapped)
         if is_sharded(model):  # gather into a plain copy (a collective: every rank takes part)
-            state, model = full_state_dict(self.wrapped), VAR(self.model.config, self.model.token_space)
+            state, model = full_state_dict(self.wrapped), type(self.model)(self.model.config, self.model.token_space)
             if state:
                 model.load_state_dict(state)
         if not self.ctx.dist.is_main_process:
@@ -245,4 +285,4 @@ class VARTask(Task):
         save_pretrained(directory, tokenizer=self.tokenizer, model=model, metadata=metadata)
 
 
-__all__ = ["VARTask", "VARTrainConfig", "teacher_forced_loss"]
+__all__ = ["ARCHITECTURES", "VARTask", "VARTrainConfig", "next_token_loss", "teacher_forced_loss"]
