@@ -1,0 +1,160 @@
+"""FLOPs of the VAR transformer per image, counted from its architecture and the scale schedule.
+
+Convention. A FLOP is one multiply or one add: a matrix product (m, k) @ (k, n) costs 2·m·k·n. Only matrix products
+are counted (every Linear, and attention's q·kᵀ and softmax·v); elementwise work (LayerNorm, softmax, GELU, the AdaLN
+modulation, biases, residual sums, the loss) and embedding look-ups are not. This is what
+`torch.utils.flop_counter.FlopCounterMode` counts, and the convention of the scaling-law literature (C ≈ 6·N·D).
+
+Training = forward + backward. The backward of a matrix product computes the gradient of its input and of its
+weight, two products of the forward's size: backward = 2 × forward, so training = 3 × forward for every part but one.
+The exception is the token embedding: its input is the frozen tokenizer's f̂, which needs no gradient, so autograd
+computes only its weight gradient (backward = 1 × forward). Training is therefore 3 × forward − the token embedding's
+forward (below 0.2 % of the total for every preset). The tokenizer's own work (the f̂ of the teacher input) belongs
+to the tokenizer and is not counted.
+
+Attention. The training forward runs dense L×L attention under the block-causal mask (scaled_dot_product_attention
+with a boolean mask): every query is multiplied with every key and the masked scores are discarded. `attention=
+"dense"` (the default) counts those L² pairs, which is what is computed and what FlopCounterMode counts;
+`attention="block_causal"` counts only the pairs the mask keeps (Σₖ lₖ · (tokens of scales ≤ k)), the work an
+implementation that skips masked blocks would do. Fused kernels (flash, memory-efficient) recompute the scores in
+their backward; that implementation detail is not counted (FlopCounterMode adds it for the fused GPU kernels: one
+more q·kᵀ product per attention in the backward).
+
+Sampling runs each scale once with a KV cache: scale k's lₖ queries see exactly the keys of scales ≤ k, so there is
+no dense/block-causal choice. Classifier-free guidance runs a doubled batch (the class and the null class) through the
+transformer; nextscale's sampler always does, even with cfg 0.
+
+Letters: L tokens of the trained scales, l one scale's tokens, C width, Cv latent channels, V vocabulary, c head dim.
+"""
+
+from __future__ import annotations
+
+from nextscale.model.config import VARConfig
+
+ATTENTION_COUNTS = ("dense", "block_causal")
+
+# the parts of the forward pass, in the order the model runs them
+PARTS = ("token_embed", "adaln", "qkv", "attention", "proj", "mlp", "head_adaln", "head")
+
+
+def _scales(token_space, num_scales: int | None) -> int:
+    total = token_space.schedule.num_scales
+    if num_scales is None:
+        return total
+    if not 1 <= num_scales <= total:
+        raise ValueError(f"num_scales must be in [1, {total}] for the scales {token_space.schedule}, got {num_scales}")
+    return num_scales
+
+
+def attention_pairs(token_space, *, attention: str = "dense", num_scales: int | None = None) -> int:
+    """Query-key pairs one attention layer multiplies per image in teacher forcing over the first `num_scales` scales:
+    L² for `dense`, the pairs the block-causal mask keeps for `block_causal`."""
+    if attention not in ATTENTION_COUNTS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_COUNTS)}, got {attention!r}")
+    schedule = token_space.schedule
+    n = _scales(token_space, num_scales)
+    if attention == "dense":
+        return schedule.offsets[n] ** 2
+    return sum(schedule.lengths[k] * schedule.offsets[k + 1] for k in range(n))
+
+
+def _mlp_hidden(config: VARConfig) -> int:
+    return round(config.width * config.mlp_ratio)  # as the MLP is built (nextscale.model.blocks.AdaLNBlock)
+
+
+def _per_token_block_flops(config: VARConfig) -> int:
+    """Forward FLOPs of one block's token-wise Linears for one token: qkv, proj, MLP fc1 and fc2."""
+    C, hidden = config.width, _mlp_hidden(config)
+    return 2 * C * 3 * C + 2 * C * C + 2 * 2 * C * hidden
+
+
+def forward_flops_by_part(
+    config: VARConfig, token_space, *, attention: str = "dense", num_scales: int | None = None
+) -> dict[str, int]:
+    """Forward FLOPs of teacher forcing per image, by part (`PARTS`), over the first `num_scales` scales (all by
+    default; fewer in progressive training).
+
+    token_embed: f̂ (Cv) → C for the L − l₁ tokens after the first scale · adaln: the blocks' SiLU+Linear C → 6C,
+    once per image (AdaLN reads the class, not the tokens), once in all with `shared_adaln`, never without `adaln` ·
+    qkv, proj, mlp: C → 3C, C → C, C → hidden → C on each of the L tokens in every block · attention: q·kᵀ and
+    softmax·v, 2·C FLOPs each per query-key pair (summed over heads) in every block · head_adaln: C → 2C once per
+    image (with `adaln`) · head: C → V per token.
+    `token_space` is any object with `vocab_size`, `latent_channels` and `schedule` (a `TokenSpace`)."""
+    schedule = token_space.schedule
+    n = _scales(token_space, num_scales)
+    L, first = schedule.offsets[n], schedule.first_length
+    C, depth = config.width, config.depth
+    hidden = _mlp_hidden(config)
+    adaln_layers = 0 if not config.adaln else 1 if config.shared_adaln else depth
+    return {
+        "token_embed": 2 * (L - first) * token_space.latent_channels * C,
+        "adaln": adaln_layers * 2 * C * 6 * C,
+        "qkv": depth * L * 2 * C * 3 * C,
+        "attention": depth * 2 * 2 * C * attention_pairs(token_space, attention=attention, num_scales=n),
+        "proj": depth * L * 2 * C * C,
+        "mlp": depth * L * 2 * 2 * C * hidden,
+        "head_adaln": 2 * C * 2 * C if config.adaln else 0,
+        "head": L * 2 * C * token_space.vocab_size,
+    }
+
+
+def forward_flops_per_image(
+    config: VARConfig, token_space, *, attention: str = "dense", num_scales: int | None = None
+) -> int:
+    """Teacher-forcing forward FLOPs per image (the sum of `forward_flops_by_part`)."""
+    return sum(forward_flops_by_part(config, token_space, attention=attention, num_scales=num_scales).values())
+
+
+def training_flops_per_image(
+    config: VARConfig, token_space, *, attention: str = "dense", num_scales: int | None = None
+) -> int:
+    """FLOPs of one training image, forward and backward: 3 × forward, less the token embedding's input gradient,
+    which is never computed (its input, the tokenizer's f̂, needs none). A step of B images costs B times this (with
+    gradient accumulation too); a run's compute is the sum over its steps (progressive training: `num_scales` of
+    each step). `attention`: "dense" (computed, the default) or "block_causal" (unmasked pairs only)."""
+    parts = forward_flops_by_part(config, token_space, attention=attention, num_scales=num_scales)
+    return 3 * sum(parts.values()) - parts["token_embed"]
+
+
+def block_training_flops_per_image(
+    config: VARConfig, token_space, *, attention: str = "dense", num_scales: int | None = None
+) -> int:
+    """What one more block adds to `training_flops_per_image`: 3 × its forward (with its own AdaLN Linear unless
+    `shared_adaln`, where the one shared Linear does not grow with depth, or without `adaln`)."""
+    schedule = token_space.schedule
+    n = _scales(token_space, num_scales)
+    C = config.width
+    pairs = attention_pairs(token_space, attention=attention, num_scales=n)
+    forward = schedule.offsets[n] * _per_token_block_flops(config) + 2 * 2 * C * pairs
+    if config.adaln and not config.shared_adaln:
+        forward += 2 * C * 6 * C
+    return 3 * forward
+
+
+def inference_flops_per_image(config: VARConfig, token_space, *, classifier_free_guidance: bool = True) -> int:
+    """Transformer FLOPs of sampling one image with nextscale's KV-cached sampler (`nextscale.sampling`).
+
+    Each scale k runs once: its lₖ tokens through every block, attending the cached keys of scales ≤ k, then the
+    head. With `classifier_free_guidance` every image is two rows (class and null class); the token embedding of
+    the next scale's input is computed once per image and then repeated, the blocks' AdaLN modulation once per row
+    (cached), the head's AdaLN (and the shared AdaLN Linear with `shared_adaln`) at every scale; none of them
+    without `adaln`. Not counted: the
+    tokenizer's work (f̂ updates, decoding) and top-k/top-p sampling."""
+    schedule = token_space.schedule
+    rows = 2 if classifier_free_guidance else 1
+    C, depth, Cv, V = config.width, config.depth, token_space.latent_channels, token_space.vocab_size
+    per_token = depth * _per_token_block_flops(config) + 2 * C * V
+    total = 0
+    for k in range(schedule.num_scales):
+        length, keys = schedule.lengths[k], schedule.offsets[k + 1]
+        step = length * per_token + depth * 2 * 2 * C * length * keys
+        if config.adaln:
+            step += 2 * C * 2 * C
+        if config.shared_adaln:
+            step += 2 * C * 6 * C
+        total += rows * step
+        if k > 0:
+            total += 2 * length * Cv * C  # this scale's input tokens, embedded once per image
+    if config.adaln and not config.shared_adaln:
+        total += rows * depth * 2 * C * 6 * C
+    return total
