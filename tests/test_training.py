@@ -16,6 +16,7 @@ import torch
 from nextscale.data.build import DataConfig
 from nextscale.data.procedural import PROCEDURAL_CLASSES
 from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.scaling import training_flops_per_image
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.loop import LoopConfig, run
@@ -140,6 +141,12 @@ def test_logged_lr_and_optimizer_groups_follow_the_recipe(tmp_path: Path):
 
     for step in (0, 4, 11):
         assert records[step + 1]["train/weight_decay"] == pytest.approx(weight_decay(step), rel=1e-9), step
+
+    # cumulative training compute, logged with every record: linear in the images seen
+    tokenizer, model = from_pretrained(tmp_path / "var" / "model")
+    per_image = training_flops_per_image(model.config, tokenizer.token_space)
+    for step, record in records.items():
+        assert record["train/pflops"] == pytest.approx(step * batch_size * per_image / 1e15, rel=1e-12)
 
     # The optimizer state in the final checkpoint: the recipe's two groups, at the last step's lr and weight decay.
     groups = CheckpointManager(tmp_path / "var" / "checkpoints").load().optimizer["model"]["param_groups"]

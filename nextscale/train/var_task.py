@@ -7,6 +7,7 @@ Letters: B batch, L all tokens, V vocabulary, K scales.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.scaling.flops import training_flops_per_image
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.distributed import (
     full_state_dict,
@@ -52,6 +54,7 @@ class VARTrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields overriding the preset's
     label_smoothing: float = 0.0  # of the training loss (the logged L_mean/L_tail stay plain cross-entropy)
     cache_tokens: bool = True  # encode the dataset once when its images carry no random augmentation
+    token_cache_dir: str | None = None  # where the encoded tokens go (None: <out>/token_cache); runs may share one
     progressive: float = 0.0  # > 0: grow the number of trained scales over this fraction of the run
     progressive_start_scales: int = 5  # scales trained at the start of progressive training (the recipe's pg0=4 → 5)
     data: DataConfig | None = None
@@ -129,6 +132,7 @@ class VARTask(Task):
     def __init__(self, config: VARTrainConfig):
         self.config = config
         self.data = config.data or DataConfig()
+        self._cumulative: list[int] = []
 
     # ---- setup ----------------------------------------------------------------------------------------------------
 
@@ -161,7 +165,8 @@ class VARTask(Task):
         self.ema = EMA(self.model, ctx.loop.ema_decay) if ctx.loop.ema_decay > 0 else None
         self.cache = None
         if self.config.cache_tokens and is_deterministic(self.dataset):
-            self.cache = TokenCache.build(self.tokenizer, self.dataset, Path(ctx.loop.output_dir) / "token_cache", ctx)
+            cache_dir = self.config.token_cache_dir or Path(ctx.loop.output_dir) / "token_cache"
+            self.cache = TokenCache.build(self.tokenizer, self.dataset, Path(cache_dir), ctx)
         n = sum(p.numel() for p in self.model.parameters())
         logger.info(
             "transformer %s: %.2fM parameters, %d classes", self.config.preset, n / 1e6, model_config.num_classes
@@ -252,7 +257,26 @@ class VARTask(Task):
             self.ema.update(self.model)
         out = {k: float(v) for k, v in sums.items()}
         out.update(grad_norm=grad_norm, scales=float(num_scales))
+        if self.config.architecture == "var":  # cumulative training compute of the transformer, the scaling axis
+            out["pflops"] = self.cumulative_flops(step) / 1e15
         return out
+
+    def cumulative_flops(self, step: int) -> float:
+        """Training FLOPs of the transformer from the first step through `step` (0-based), counted from the
+        architecture and schedule (`nextscale.scaling.flops`; progressive steps count only their scales)."""
+        per_image = self._flops_per_image
+        batch = self.ctx.loop.batch_size
+        if self.config.progressive <= 0:
+            return float((step + 1) * batch * per_image(self.model.schedule.num_scales))
+        totals = self._cumulative  # prefix sums, extended as the run goes (and recomputed once after a resume)
+        while len(totals) <= step:
+            previous = totals[-1] if totals else 0
+            totals.append(previous + batch * per_image(self.scales_at(len(totals))[0]))
+        return float(totals[step])
+
+    @functools.cache  # noqa: B019 (one task object per run)
+    def _flops_per_image(self, num_scales: int) -> int:
+        return training_flops_per_image(self.model.config, self.tokenizer.token_space, num_scales=num_scales)
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
 
