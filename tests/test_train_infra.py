@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -310,6 +311,43 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint(tmp_path: Path, monkeyp
     manager.save(2, {"model": {"w": torch.full((3,), 2.0)}}, state={"step": 2})
     assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
     assert manager.latest() == tmp_path / "step_00000002"
+
+
+def test_a_crash_while_pruning_leaves_no_partial_step_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (1, 2):
+        manager.save(
+            step, {"model": {"w": torch.full((3,), float(step))}}, optimizer_state={"x": 1}, state={"step": step}
+        )
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, ignore_errors=False):  # deletes the first files, then the process dies
+        for name in ("state.json", "model.safetensors"):
+            (Path(path) / name).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(3, {"model": {"w": torch.full((3,), 3.0)}}, optimizer_state={"x": 1}, state={"step": 3})
+    monkeypatch.setattr(checkpoint_module.shutil, "rmtree", real_rmtree)
+
+    step_directories = sorted(p.name for p in tmp_path.glob("step_*"))
+    assert step_directories == ["step_00000002", "step_00000003"]  # whole checkpoints only, under step names
+    assert all((tmp_path / name / "state.json").is_file() for name in step_directories)
+    assert [p.name.startswith(".tmp-pruned-step_00000001") for p in tmp_path.glob(".tmp-*")] == [True]
+    assert manager.load().step == 3
+    manager.save(4, {"model": {"w": torch.full((3,), 4.0)}}, state={"step": 4})  # the next save cleans up
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert [p.name for p in manager.checkpoints()] == ["step_00000003", "step_00000004"]
+
+
+def test_pruning_keeps_the_newest_good_checkpoint(tmp_path: Path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step, good in ((1, True), (2, True), (3, False), (4, False), (5, False)):
+        manager.save(step, {"model": {"w": torch.zeros(1)}}, state={"step": step, "good": good})
+    assert [p.name for p in manager.checkpoints()] == ["step_00000002", "step_00000004", "step_00000005"]
+    assert manager.newest_good() == tmp_path / "step_00000002"
+    assert manager.newest_good(max_step=1) is None
 
 
 def test_non_serialisable_state_fails_before_writing(tmp_path: Path):

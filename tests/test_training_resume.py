@@ -155,6 +155,15 @@ def metric_steps(output_dir: Path, name: str) -> list[int]:
     return [record["step"] for record in records if record.get(f"train/{name}", 0) > 0]
 
 
+def assert_logged_once(output_dir: Path) -> None:
+    """metrics.jsonl holds every step's train line and every evaluation once, in order, as an uninterrupted run's."""
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [record["step"] for record in records if "train/loss" in record]
+    evaluations = [record["step"] for record in records if any(key.startswith("eval/") for key in record)]
+    assert train == list(range(1, STEPS + 1)), train
+    assert evaluations == list(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY)), evaluations
+
+
 # ------------------------------------------------------------------------------------------------------ the tests
 
 
@@ -175,19 +184,24 @@ def test_var_run_killed_part_way_resumes_bitwise(tmp_path: Path):
     exported = json.loads((uninterrupted / "model" / "transformer" / "config.json").read_text())["config"]
     assert exported["drop_path_rate"] > 0 and exported["label_dropout"] == 0.25
     assert len(list((interrupted / "token_cache").glob("tokens-*.pt"))) == 1  # the rerun reused the cache
+    assert_logged_once(interrupted)  # the steps the killed run logged after its checkpoint are not repeated
 
 
 def test_tokenizer_run_killed_part_way_resumes_bitwise(tmp_path: Path):
     spec = {
         "task": "tokenizer",
-        # restarts every 2 steps, with a threshold that finds dead codes each time
-        "config": {"preset": "debug", "dead_code_every": 2, "dead_code_threshold": 0.995},
+        # restarts every 2 steps, with a threshold that finds dead codes each time; an EMA of the weights
+        "config": {"preset": "debug", "dead_code_every": 2, "dead_code_threshold": 0.995, "dead_code_grace_steps": 2},
+        "loop_extra": {"ema_decay": 0.9},
         "data": DATA,
     }
-    _, interrupted = kill_rerun_and_compare(tmp_path, spec)
-    restarts = metric_steps(interrupted, "codes_restarted")  # both processes append to this file
+    uninterrupted, interrupted = kill_rerun_and_compare(tmp_path, spec)
+    restarts = metric_steps(interrupted, "codes_restarted")
     assert any(step <= SAVE_EVERY for step in restarts), restarts  # before the kill, kept in the checkpoint
     assert any(step > PAUSE_STEP + 1 for step in restarts), restarts  # after it, in the rerun
+    assert_logged_once(interrupted)
+    final = CheckpointManager(interrupted / "checkpoints").load()
+    assert "ema" in final.tensors and "hit_counts_KV" in final.tensors["usage"]  # compared bitwise above
 
 
 # ------------------------------------------------------------------------------------------- the subprocess side

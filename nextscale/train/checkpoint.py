@@ -10,9 +10,14 @@ Layout of `<directory>/step_00001234/`:
 and `<directory>/latest` names the newest complete checkpoint.
 
 A checkpoint is assembled in a hidden temporary sibling directory, every file is fsynced, and the directory is
-renamed into place in one step; only then is `latest` replaced (write a temporary file, then os.replace). A crash
-at any point leaves either the previous checkpoint or the new one, never a partial directory under a step name.
-Temporary directories left by a crash are removed by the next save.
+renamed into place in one step; only then is `latest` replaced (write a temporary file, then os.replace). Pruning
+renames an old checkpoint to a hidden temporary name before deleting it. A crash at any point therefore leaves
+whole checkpoints under step names, never a partial one; hidden leftovers are removed by the next save.
+
+Checkpoints are never deleted for being damaged or suspect: `load_newest_intact` renames a newer checkpoint that
+cannot be read to `damaged-step_*`, and `set_aside_after` (after a divergence) renames checkpoints to
+`diverged-step_*`; neither name is loaded, pruned or replaced. A run's state may say `"good": false` (see
+`nextscale.train.divergence`): pruning always keeps the newest checkpoint that is not marked so.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from nextscale.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,9 @@ OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
 TENSORS_SUFFIX = ".safetensors"
 RESERVED_TENSOR_NAMES = ("optimizer", "rng", "state", "config")
+DAMAGED_PREFIX = "damaged-"  # a checkpoint that could not be read, set aside by load_newest_intact
+DIVERGED_PREFIX = "diverged-"  # a checkpoint taken after the loss started to diverge, set aside by the loop
+GOOD_STATE_KEY = "good"  # state.json entry: False marks a checkpoint taken while the loss was not healthy
 
 
 @dataclass
@@ -174,6 +187,26 @@ def _is_complete(path: Path) -> bool:
     return path.is_dir() and _step_of(path) is not None and (path / STATE_FILE).is_file()
 
 
+# errors a damaged file raises while being read (JSON and Unicode errors are ValueErrors)
+READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError)
+
+
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """`reader(path)`, with any sign of damage turned into a one-line CheckpointError naming the file."""
+    try:
+        return reader(path)
+    except READ_ERRORS as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is damaged ({reason})") from None
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    data = _read(path, lambda file: json.loads(file.read_text(encoding="utf-8")))
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is damaged (not a JSON object)")
+    return data
+
+
 # ---------------------------------------------------------------- manager
 
 
@@ -205,8 +238,12 @@ class CheckpointManager:
     def latest(self) -> Path | None:
         """The checkpoint named by `latest` if it is complete, else the complete one with the highest step."""
         pointer = self.directory / LATEST_FILE
-        if pointer.is_file():
-            candidate = self.directory / pointer.read_text(encoding="utf-8").strip()
+        try:
+            name = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
+        except (OSError, ValueError):  # an unreadable pointer is only a hint: fall back to the step numbers
+            name = ""
+        if name:
+            candidate = self.directory / name
             if candidate.parent == self.directory and _is_complete(candidate):
                 return candidate
         complete = self.checkpoints()
@@ -284,13 +321,56 @@ class CheckpointManager:
         _fsync_path(self.directory)
 
     def _prune(self, keep: Path) -> None:
+        """Remove all but the newest `keep_last` checkpoints, sparing `keep` and the newest good one. Each is first
+        renamed to a hidden temporary name, so a crash mid-delete leaves debris for the next save, not a partial
+        checkpoint under a step name."""
         if self.keep_last is None:
             return
         complete = self.checkpoints()
+        spared = {keep, self.newest_good()}
         for old in complete[: max(len(complete) - self.keep_last, 0)]:
-            if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
+            if old not in spared:
+                doomed = self.directory / f"{TEMPORARY_PREFIX}pruned-{old.name}-{uuid.uuid4().hex[:8]}"
+                os.rename(old, doomed)
+                _fsync_path(self.directory)
+                shutil.rmtree(doomed, ignore_errors=True)
                 logger.debug("removed old checkpoint %s", old)
+
+    def _state_or_none(self, path: Path) -> dict[str, Any] | None:
+        try:
+            return _read_json_object(path / STATE_FILE)
+        except CheckpointError:
+            return None
+
+    def newest_good(self, max_step: int | None = None) -> Path | None:
+        """The newest readable checkpoint (at most `max_step`) whose state does not say `"good": false`."""
+        for path in reversed(self.checkpoints()):
+            if max_step is not None and (_step_of(path) or 0) > max_step:
+                continue
+            state = self._state_or_none(path)
+            if state is not None and state.get(GOOD_STATE_KEY, True) is not False:
+                return path
+        return None
+
+    def _set_aside(self, path: Path, prefix: str) -> Path:
+        """Rename checkpoint `path` to `<prefix><name>` (a free name), out of reach of loading and pruning."""
+        target = self.directory / f"{prefix}{path.name}"
+        while target.exists():
+            target = self.directory / f"{prefix}{path.name}-{uuid.uuid4().hex[:6]}"
+        os.rename(path, target)
+        return target
+
+    def set_aside_after(self, step: int, prefix: str = DIVERGED_PREFIX) -> list[Path]:
+        """Rename every checkpoint newer than `step` to `<prefix>step_*` (nothing is deleted) and point `latest` at
+        the newest remaining one; returns the new paths. Main process only."""
+        moved = [self._set_aside(path, prefix) for path in self.checkpoints() if (_step_of(path) or 0) > step]
+        remaining = self.checkpoints()
+        if remaining:
+            self._point_latest_to(remaining[-1])
+        else:
+            (self.directory / LATEST_FILE).unlink(missing_ok=True)
+        _fsync_path(self.directory)
+        return moved
 
     def remove_temporary_directories(self) -> None:
         """Delete what an interrupted save left behind (hidden `.tmp-*` entries)."""
@@ -311,27 +391,86 @@ class CheckpointManager:
         if not _is_complete(directory):
             raise FileNotFoundError(f"{directory} is not a complete checkpoint directory")
         device = str(map_location)
+
+        def torch_file(name: str, location: str | torch.device) -> Any:
+            file = directory / name
+            if not file.is_file():
+                return None
+            return _read(file, lambda f: torch.load(f, map_location=location, weights_only=True))
+
+        state = _read_json_object(directory / STATE_FILE)
+        config = _read_json_object(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}
         tensors = {
-            file.name[: -len(TENSORS_SUFFIX)]: load_file(str(file), device=device)
+            file.name[: -len(TENSORS_SUFFIX)]: _read(file, lambda f: load_file(str(f), device=device))
             for file in sorted(directory.glob(f"*{TENSORS_SUFFIX}"))
         }
-        optimizer_file = directory / OPTIMIZER_FILE
-        rng_file = directory / RNG_FILE
         return Checkpoint(
             path=directory,
             step=_step_of(directory) or 0,
             tensors=tensors,
-            optimizer=torch.load(optimizer_file, map_location=map_location, weights_only=True)
-            if optimizer_file.is_file()
-            else None,
-            state=json.loads((directory / STATE_FILE).read_text(encoding="utf-8")),
-            config=json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            if (directory / CONFIG_FILE).is_file()
-            else {},
-            rng=torch.load(rng_file, map_location="cpu", weights_only=True) if rng_file.is_file() else None,
+            optimizer=torch_file(OPTIMIZER_FILE, map_location),
+            state=state,
+            config=config,
+            rng=torch_file(RNG_FILE, "cpu"),
         )
 
     def load_latest(self, map_location: str | torch.device = "cpu") -> Checkpoint | None:
         """The latest complete checkpoint, or None when there is none (a fresh run)."""
         path = self.latest()
         return None if path is None else self.load(path, map_location=map_location)
+
+    def load_newest_intact(
+        self,
+        map_location: str | torch.device = "cpu",
+        check: Callable[[Checkpoint], None] | None = None,
+    ) -> Checkpoint | None:
+        """The newest checkpoint that reads back whole (`latest()` first, then by step) and passes `check` (which
+        raises CheckpointError for a checkpoint that lacks something). Newer ones that fail are renamed to
+        `damaged-step_*` with a warning naming them, never deleted. None when there is no checkpoint at all; a
+        one-line CheckpointError, with nothing renamed, when none is intact.
+
+        Under torch.distributed the main process decides and the other processes load the checkpoint it chose.
+        """
+        chosen, error = None, None
+        if self.is_main_process:
+            try:
+                chosen = self._find_intact(map_location, check)
+            except CheckpointError as err:
+                error = str(err)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            decision = [chosen.path.name if chosen is not None else None, error]
+            dist.broadcast_object_list(decision, src=0)
+            name, error = decision
+            if not self.is_main_process and name is not None:
+                chosen = self.load(self.directory / name, map_location=map_location)
+        if error is not None:
+            raise CheckpointError(error)
+        return chosen
+
+    def _find_intact(
+        self, map_location: str | torch.device, check: Callable[[Checkpoint], None] | None
+    ) -> Checkpoint | None:
+        latest = self.latest()
+        if latest is None:
+            return None
+        candidates = [latest] + [path for path in reversed(self.checkpoints()) if path != latest]
+        damaged: list[tuple[Path, str]] = []
+        for path in candidates:
+            try:
+                checkpoint = self.load(path, map_location=map_location)
+                if check is not None:
+                    check(checkpoint)
+            except CheckpointError as err:
+                damaged.append((path, str(err)))
+                continue
+            for bad, reason in damaged:
+                kept = self._set_aside(bad, DAMAGED_PREFIX)
+                logger.warning("checkpoint %s is damaged: %s; kept as %s, not used", bad.name, reason, kept.name)
+            if damaged:
+                self._point_latest_to(path)
+                logger.warning("resuming from %s, the newest intact checkpoint", path.name)
+            return checkpoint
+        listed = "; ".join(reason for _, reason in damaged[:3]) + (" …" if len(damaged) > 3 else "")
+        raise CheckpointError(
+            f"no intact checkpoint under {self.directory} ({listed}); move that folder away to start again"
+        )

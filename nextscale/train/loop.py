@@ -4,6 +4,13 @@ The loop owns what every run needs: distributed setup, the resumable sampler, th
 bars, periodic evaluation, atomic checkpoints with automatic resume, and the final export. A task owns its models,
 optimizers and the step itself. Everything random is keyed by (seed, step, sample) or restored from the checkpoint,
 so a run killed at any point and started again with the same command reaches the same weights bit for bit (CPU, fp32).
+
+What can go wrong, and what happens:
+- the newest checkpoint is damaged: resume from the newest intact one (the damaged one is renamed, never deleted);
+- the loss becomes NaN/inf: `NonFiniteLossError`; checkpoints taken after the loss stopped being healthy are set
+  aside, so rerunning (with a lower lr, clipping or fp32) resumes from the newest good one;
+- Ctrl-C: `TrainingInterrupted`, one line saying where it stopped; rerunning the same command resumes;
+- after a resume, metrics.jsonl is cut back to what it held at the checkpoint, so no step is logged twice.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -23,7 +31,13 @@ from torch import nn
 
 from nextscale.data.sampler import ResumableDistributedSampler
 from nextscale.data.seeding import derive_seed
-from nextscale.train.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from nextscale.train.checkpoint import (
+    GOOD_STATE_KEY,
+    Checkpoint,
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+)
 from nextscale.train.distributed import (
     DistributedContext,
     load_optimizer_state,
@@ -31,8 +45,10 @@ from nextscale.train.distributed import (
     reduce_metrics,
     setup_distributed,
 )
+from nextscale.train.divergence import EXPLOSION_FACTOR, LossMonitor
 from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta, progress_bar
 from nextscale.train.schedule import ScheduleConfig, apply_schedule
+from nextscale.weights import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -184,12 +200,40 @@ class Task:
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss became NaN or infinite at `step`. Checkpoints taken after the loss stopped being healthy were renamed
+    `diverged-step_*`, so a rerun resumes from `good_checkpoint` (None: from the start). The message is one line."""
+
+    def __init__(self, message: str, step: int, good_checkpoint: Path | None):
+        super().__init__(message)
+        self.step, self.good_checkpoint = step, good_checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped training at `step` (the step in progress, 1-based). `str()` is the line to show:
+    "interrupted at step N; rerun the same command to resume (...)". The CLI should print it alone and exit with
+    status 130 (128 + SIGINT, what shells report for an interrupted command).
+
+    It is a KeyboardInterrupt, so code that catches Exception (a retry loop, a notebook's error handling) does not
+    swallow the user's request to stop, and callers that handle KeyboardInterrupt keep working unchanged."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        where = f"from {checkpoint.name}" if checkpoint is not None else "from the start: no checkpoint yet"
+        super().__init__(f"interrupted at step {step}; rerun the same command to resume ({where})")
+        self.step, self.checkpoint = step, checkpoint
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class _Progress:
+    step: int = 0  # the step being worked on, 1-based; before the first step of a resumed run, the step resumed at
 
 
 def run(task: Task, config: LoopConfig) -> Path:
-    """Train `task` to `config.steps`, resuming from the newest checkpoint under `output_dir/checkpoints` if any.
-    Returns the export directory `output_dir/model`."""
+    """Train `task` to `config.steps`, resuming from the newest intact checkpoint under `output_dir/checkpoints` if
+    any. Returns the export directory `output_dir/model`. Raises NonFiniteLossError when the loss diverges and
+    TrainingInterrupted on Ctrl-C."""
     dist = setup_distributed()
     output_dir = Path(config.output_dir)
     if dist.is_main_process:
@@ -200,17 +244,34 @@ def run(task: Task, config: LoopConfig) -> Path:
             f"batch_size {config.batch_size} must be divisible by processes × accumulation "
             f"({dist.world_size} × {config.grad_accumulation})"
         )
+    checkpoints = CheckpointManager(output_dir / "checkpoints", config.keep_last, dist.is_main_process)
+    progress = _Progress()
+    try:
+        return _run(task, config, dist, checkpoints, progress)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(progress.step, checkpoints.latest()) from None
+
+
+def _run(
+    task: Task, config: LoopConfig, dist: DistributedContext, checkpoints: CheckpointManager, progress: _Progress
+) -> Path:
+    output_dir = Path(config.output_dir)
     step_context = StepContext(config, dist)
     task.setup(step_context)  # seeds the initial weights itself, identically on every rank
     _seed_process(derive_seed(config.seed, dist.rank))  # drop path and other in-model randomness, per rank
     sampler = ResumableDistributedSampler(
         len(task.dataset), step_context.per_rank_batch, world_size=dist.world_size, rank=dist.rank, seed=config.seed
     )
-    checkpoints = CheckpointManager(output_dir / "checkpoints", config.keep_last, dist.is_main_process)
-    start = _resume(task, sampler, checkpoints, dist)
+    losses = LossMonitor()
+    resumed_state = _resume(task, sampler, checkpoints, dist)
+    start = int(resumed_state["step"]) if resumed_state else 0
+    progress.step = start
+    losses.load_state_dict(resumed_state.get("losses", {}) if resumed_state else {})
+    metrics_log = MetricLogger(output_dir, enabled=dist.is_main_process)
+    # lines logged after the checkpoint would be logged again; a checkpoint from before this was recorded keeps all
+    metrics_log.keep_first_lines(resumed_state.get("metrics_lines", sys.maxsize) if resumed_state else 0)
     schedule = config.schedule
     full_config = {"loop": asdict(config), task.name: task.config_dict(), "world_size": dist.world_size}
-    metrics_log = MetricLogger(output_dir, enabled=dist.is_main_process)
     throughput = ThroughputMeter()
     batches = iter(sampler)
     bar = progress_bar(
@@ -220,19 +281,24 @@ def run(task: Task, config: LoopConfig) -> Path:
         enabled=dist.is_main_process and config.progress,
     )
     last = time.perf_counter()
-    step = start
     try:
         for step in range(start, config.steps):
+            progress.step = step + 1  # steps counted from 1, as in metrics.jsonl and checkpoint names
             lr, wd = 0.0, 0.0
             for optimizer in task.optimizers().values():
                 lr, wd = apply_schedule(optimizer, step, schedule)
             metrics = task.train_step(step, next(batches))
-            loss = metrics.get("loss", 0.0)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(  # steps counted from 1, as in metrics.jsonl and checkpoint names
-                    f"{task.name}: loss is {loss} at step {step + 1}; stopping without saving. "
-                    f"The last good checkpoint is kept: {checkpoints.latest() or 'none yet'}"
-                )
+            loss = float(metrics.get("loss", 0.0))
+            was_healthy = losses.onset() is None
+            if not losses.record(step + 1, loss):
+                if not math.isfinite(loss):
+                    raise _diverged(task.name, step + 1, loss, losses, checkpoints, config, dist)
+                if was_healthy:
+                    logger.warning(
+                        "loss %.4g at step %d is over %g× the recent median %.4g; checkpoints are not counted as "
+                        "good until it recovers",
+                        loss, step + 1, EXPLOSION_FACTOR + 1, losses.median(),
+                    )  # fmt: skip
             now = time.perf_counter()
             images_per_second = throughput.update(config.batch_size, now - last)
             last = now
@@ -248,7 +314,13 @@ def run(task: Task, config: LoopConfig) -> Path:
             if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
                 metrics_log.log(step + 1, task.evaluate(), prefix="eval")
             if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
-                _save(task, sampler, checkpoints, step + 1, full_config)
+                run_state = {
+                    GOOD_STATE_KEY: losses.is_good(),  # pruning keeps the newest good checkpoint
+                    "losses": losses.state_dict(),
+                    "metrics_lines": metrics_log.line_count,  # what metrics.jsonl is cut back to on resume
+                }
+                _save(task, sampler, checkpoints, step + 1, full_config, run_state)
+        progress.step = config.steps
         if config.steps > 0:
             final_metrics = task.evaluate()
             metrics_log.log(config.steps, final_metrics, prefix="eval")
@@ -264,6 +336,47 @@ def run(task: Task, config: LoopConfig) -> Path:
     return export_dir
 
 
+def _diverged(
+    task_name: str,
+    step: int,
+    loss: float,
+    losses: LossMonitor,
+    checkpoints: CheckpointManager,
+    config: LoopConfig,
+    dist: DistributedContext,
+) -> NonFiniteLossError:
+    """Set aside the checkpoints taken after the divergence began and say what a rerun starts from and what to
+    change. The loss at step s is computed with the weights of checkpoint s - 1, so the newest checkpoint that can
+    be trusted is at most `onset - 2`, and must itself have been saved while the loss was healthy."""
+    onset = losses.onset() or step
+    good, moved = None, []
+    if dist.is_main_process:
+        good = checkpoints.newest_good(max_step=onset - 2)
+        moved = checkpoints.set_aside_after(_checkpoint_step(good))
+    advice = [f"lower --base-lr (now {config.base_lr:g})"]
+    advice.append(
+        "enable --grad-clip (e.g. 1)" if config.grad_clip <= 0 else f"lower --grad-clip (now {config.grad_clip:g})"
+    )
+    if config.precision != "fp32":
+        advice.append("train in fp32 (--precision fp32)")
+    if not dist.is_main_process:  # only the main process looks at the checkpoints
+        start = "resumes from the checkpoint the main process names"
+    else:
+        start = f"resumes from {good}" if good is not None else "starts from scratch"
+    aside = f"; {len(moved)} later checkpoint(s) renamed diverged-step_*" if moved else ""
+    return NonFiniteLossError(
+        f"{task_name}: loss is {loss} at step {step} (diverging since step {onset}); stopped. A rerun {start}, "
+        f"the newest checkpoint whose recent losses were finite and not exploding{aside}. "
+        f"To avoid the same divergence: {', '.join(advice)}.",
+        step,
+        good,
+    )
+
+
+def _checkpoint_step(path: Path | None) -> int:
+    return int(path.name.rsplit("_", 1)[1]) if path is not None else -1
+
+
 def _seed_process(seed: int) -> None:
     """Seed python `random`, numpy and torch, so that a fresh run's generator states (saved with every checkpoint)
     depend on the seed alone."""
@@ -277,37 +390,62 @@ def _postfix(metrics: dict[str, float], limit: int | None = 4) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys)
 
 
-def _save(task: Task, sampler, checkpoints: CheckpointManager, step: int, config: dict) -> None:
+def _save(task: Task, sampler, checkpoints: CheckpointManager, step: int, config: dict, run_state: dict) -> None:
     modules = task.trained_modules()
     optimizers = {name: optimizer_state(modules[name], opt) for name, opt in task.optimizers().items()}
     checkpoints.save(
         step,
         task.state_tensors(),
         optimizer_state=optimizers,
-        state={"step": step, "sampler": sampler.state_dict(), "task": task.name},
+        state={"step": step, "sampler": sampler.state_dict(), "task": task.name, **run_state},
         config=config,
         rng_state=capture_rng_state(),
     )
 
 
-def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: DistributedContext) -> int:
-    checkpoint = checkpoints.load_latest(map_location=dist.device)
+def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: DistributedContext) -> dict[str, Any] | None:
+    """Load the newest intact checkpoint into the task, its optimizers, the sampler and the generators; returns its
+    run state (step, loss history, metrics lines ...), or None for a fresh run."""
+    checkpoint = checkpoints.load_newest_intact(map_location=dist.device, check=_whole_checkpoint_check(task))
     if checkpoint is None:
-        return 0
+        return None
     if checkpoint.state.get("task") not in (None, task.name):
         raise RuntimeError(
             f"{checkpoints.directory} holds {checkpoint.state.get('task')} checkpoints, not {task.name}: "
             "use another output directory"
         )
+    missing = [name for name in task.optimizers() if name not in checkpoint.optimizer]
+    if missing:
+        raise ValueError(
+            f"{checkpoint.path} has no state for the {', '.join(missing)} optimizer that this run trains: it was "
+            "written with other settings; resume with those, or train into a new output directory"
+        )
     task.load_state_tensors(checkpoint.tensors)
     modules = task.trained_modules()
     for name, optimizer in task.optimizers().items():
+        # the peak lr comes from this run's settings (a fresh optimizer's lr is its peak), not from the checkpoint,
+        # so that a rerun with a lower --base-lr really is lower
+        peak_lrs = [group.get("peak_lr", group["lr"]) for group in optimizer.param_groups]
         load_optimizer_state(modules[name], optimizer, checkpoint.optimizer[name])
+        for group, peak_lr in zip(optimizer.param_groups, peak_lrs):
+            group["peak_lr"] = peak_lr
     sampler.load_state_dict(checkpoint.state["sampler"])
     if checkpoint.rng is not None and dist.world_size == 1:
         restore_rng_state(checkpoint.rng)
     elif dist.world_size > 1:  # RNG states were captured on rank 0; give each rank its own stream again
         torch.manual_seed(derive_seed(checkpoint.state["step"], dist.rank, 0x5EED))
-    step = int(checkpoint.state["step"])
-    logger.info("resumed from %s (step %d)", checkpoint.path, step)
-    return step
+    logger.info("resumed from %s (step %d)", checkpoint.path, checkpoint.state["step"])
+    return checkpoint.state
+
+
+def _whole_checkpoint_check(task: Task):
+    """A check for `load_newest_intact`: a checkpoint this loop wrote and that was not cut short."""
+
+    def check(checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        if not isinstance(state.get("step"), int) or not isinstance(state.get("sampler"), dict):
+            raise CheckpointError(f"{checkpoint.path / 'state.json'} is damaged (no step or sampler position)")
+        if task.optimizers() and not isinstance(checkpoint.optimizer, dict):
+            raise CheckpointError(f"{checkpoint.path} is damaged (no optimizer.pt)")
+
+    return check

@@ -135,6 +135,9 @@ class MetricLogger:
     JSONL lines look like `{"step": 100, "time": 1712.3, "train/loss": 5.1, "train/lr": 3e-4}`; the same
     `prefix/name` tags are TensorBoard scalar names. Nothing is created until the first `log`, and nothing at all
     when `enabled` is False.
+
+    A resumed run calls `keep_first_lines(n)` with the count `line_count` had when its checkpoint was saved, so the
+    lines logged after that checkpoint (which the run is about to log again) are not repeated.
     """
 
     def __init__(self, output_dir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
@@ -144,6 +147,27 @@ class MetricLogger:
         self._file: TextIO | None = None
         self._writer: Any = None
         self._tensorboard_unavailable = False
+        self.line_count = 0  # complete lines in the JSONL file, once `keep_first_lines` has counted them
+
+    def keep_first_lines(self, count: int) -> None:
+        """Cut the JSONL file to its first `count` complete lines (fewer if it has fewer), replacing it atomically;
+        `line_count` becomes the number kept. A partial last line (a write cut short) never survives."""
+        if not self.enabled:
+            return
+        self.close()
+        path = self.output_dir / METRICS_FILE
+        if not path.is_file():
+            self.line_count = 0
+            return
+        with open(path, "rb") as file:
+            lines = file.read().split(b"\n")[:-1][:count]  # what follows the last newline is unterminated
+        temporary = path.with_name(f".{METRICS_FILE}.tmp")
+        with open(temporary, "wb") as file:
+            file.write(b"".join(line + b"\n" for line in lines))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        self.line_count = len(lines)
 
     def _open(self) -> None:
         if self._file is not None:
@@ -170,6 +194,7 @@ class MetricLogger:
         assert self._file is not None
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.line_count += 1
         if self._writer is not None:
             for tag, value in values.items():
                 self._writer.add_scalar(tag, value, global_step=step)

@@ -1,8 +1,17 @@
 """Training the multi-scale tokenizer: reconstruction + multi-scale VQ loss, optional perceptual and GAN losses,
-per-scale codebook usage and dead-code restarts.
+per-scale codebook usage, dead-code restarts and an optional EMA of the weights.
 
-The coarse scales see few, large residuals and tend to collapse onto a handful of codes; codes unused for a while are
-restarted on residual vectors drawn from the current batch (all scales pooled), with their optimizer moments reset.
+GAN: the generator (tokenizer) pass sees the discriminator frozen, so only the tokenizer receives the generator's
+−D(fake) gradient; the discriminator then takes its own hinge step on detached reconstructions, from cleared
+gradients. Two players, two optimizers, each trained on its own loss only.
+
+Codebook usage is measured from what training has actually seen: decayed hit counts per scale and code (each step
+multiplies them by USAGE_DECAY and adds the step's hits), so a code's rate is its share of the recent tokens and a
+collapse shows from step 1. The coarse scales see few, large residuals and tend to collapse onto a handful of codes;
+codes whose rate stays low are restarted on residual vectors drawn from the current batch (all scales pooled), with
+their optimizer moments and hit counts reset. A code is judged only once it has held its vector for
+`dead_code_grace_steps` (default: one horizon of the counts, 100 steps), so a restarted code has time to collect hits
+before it can be called dead again; the initial codes count from step 0.
 Letters: B batch, K scales, V vocabulary, C latent channels.
 """
 
@@ -10,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,13 +40,28 @@ from nextscale.tokenizer.losses import (
 )
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.distributed import full_state_dict, load_full_state_dict, unwrap_model, wrap_model
+from nextscale.train.ema import EMA
 from nextscale.train.loop import StepContext, Task
 from nextscale.train.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
 RESTART_STREAM = 0xC0DE  # purpose id of the dead-code restart generator
-USAGE_DECAY = 0.99  # EMA of per-scale code hits
+USAGE_DECAY = 0.99  # per-step decay of the code hit counts: they cover about the last 1 / (1 - 0.99) = 100 steps
+USED_FRACTION_OF_UNIFORM = 0.01  # usage metric: a code counts as used above 1% of the uniform rate 1/V
+
+
+@contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """`module`'s parameters do not require grad inside the block (gradients still flow through it to its input);
+    their previous flags come back afterwards."""
+    flags = [parameter.requires_grad for parameter in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags):
+            parameter.requires_grad_(flag)
 
 
 @dataclass
@@ -53,6 +79,7 @@ class TokenizerTrainConfig:
     adaptive_gan_weight: bool = True
     dead_code_every: int = 100  # steps between dead-code restarts; 0 disables
     dead_code_threshold: float = 0.03  # a code is dead below this fraction of the uniform hit rate
+    dead_code_grace_steps: int = 100  # steps a code keeps its vector before it can be restarted (again)
     data: DataConfig | None = None
 
 
@@ -105,7 +132,9 @@ class TokenizerTask(Task):
                 raise ValueError("--perceptual-weight needs --perceptual-weights (a local VGG16 state dict)")
             self.perceptual = PerceptualLoss(self.config.perceptual_weights).to(device)
         K, V = tokenizer_config.schedule.num_scales, tokenizer_config.vocab_size
-        self.usage_KV = torch.full((K, V), 1.0 / V, device=device)  # EMA of each scale's code-hit distribution
+        self.hit_counts_KV = torch.zeros(K, V, device=device)  # decayed code hits per scale (see the module doc)
+        self.assigned_at_V = torch.zeros(V, dtype=torch.long, device=device)  # steps done when it got its vector
+        self.ema = EMA(self.tokenizer, ctx.loop.ema_decay) if ctx.loop.ema_decay > 0 else None
         n = sum(p.numel() for p in self.tokenizer.parameters())
         logger.info(
             "tokenizer %s: %.2fM parameters, %d px, scales %s",
@@ -128,16 +157,29 @@ class TokenizerTask(Task):
         return modules
 
     def state_tensors(self):
-        tensors = {"tokenizer": full_state_dict(self.wrapped), "usage": {"usage_KV": self.usage_KV}}
+        usage = {"hit_counts_KV": self.hit_counts_KV, "assigned_at_V": self.assigned_at_V}
+        tensors = {"tokenizer": full_state_dict(self.wrapped), "usage": usage}
         if self.discriminator is not None:
             tensors["discriminator"] = self.discriminator.state_dict()
+        if self.ema is not None:
+            tensors["ema"] = self.ema.state_dict()
         return tensors
 
     def load_state_tensors(self, tensors):
         load_full_state_dict(self.tokenizer, tensors["tokenizer"])
-        self.usage_KV.copy_(tensors["usage"]["usage_KV"])
+        usage = tensors["usage"]
+        if "hit_counts_KV" in usage:
+            self.hit_counts_KV.copy_(usage["hit_counts_KV"])
+            self.assigned_at_V.copy_(usage["assigned_at_V"])
+        else:  # a checkpoint from before usage was counted: its statistics started from uniform, not from data
+            logger.warning("this checkpoint's codebook-usage statistics are of an older kind; counting afresh")
         if self.discriminator is not None:
             self.discriminator.load_state_dict(tensors["discriminator"])
+        if self.ema is not None:
+            if "ema" in tensors:
+                self.ema.load_state_dict(tensors["ema"])
+            else:  # EMA switched on for a run that had none: start it from the resumed weights
+                self.ema = EMA(self.tokenizer, self.ctx.loop.ema_decay)
 
     def config_dict(self):
         return {**asdict(self.config), "data": asdict(self.data), "tokenizer": self.tokenizer.config.to_dict()}
@@ -153,13 +195,15 @@ class TokenizerTask(Task):
         use_gan = self.discriminator is not None and step >= cfg.gan_start_step
         micro = ctx.micro_batches(keys)
         sums: dict[str, float] = {}
-        hits_KV = torch.zeros_like(self.usage_KV)
+        hits_KV = torch.zeros_like(self.hit_counts_KV)
         restart_now = bool(cfg.dead_code_every) and (step + 1) % cfg.dead_code_every == 0
         pool = []  # residual vectors for dead-code restarts, gathered only on the steps that restart
         fakes, reals = [], []
         for i, micro_keys in enumerate(micro):
             images = self._images(micro_keys, self.dataset)
-            with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast():
+            # the generator's loss flows through the discriminator to the reconstruction, but must not train it
+            discriminator_frozen = frozen(self.discriminator) if use_gan else nullcontext()
+            with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast(), discriminator_frozen:
                 out = self.wrapped(images)
                 rec = out.reconstruction.float()
                 rec_loss = cfg.l1_weight * (rec - images).abs().mean() + cfg.l2_weight * F.mse_loss(rec, images)
@@ -188,10 +232,12 @@ class TokenizerTask(Task):
                 fakes.append(rec.detach())
                 reals.append(images)
         grad_norm = ctx.clip_and_step(self.optimizer, self.tokenizer.parameters())
+        if self.ema is not None:
+            self.ema.update(self.tokenizer)
         if use_gan:
             sums["gan_d_loss"] = self._discriminator_step(reals, fakes)
         hits_KV = sum_over_processes({"hits": hits_KV})["hits"]
-        self.usage_KV.mul_(USAGE_DECAY).add_(hits_KV / hits_KV.sum(1, keepdim=True), alpha=1 - USAGE_DECAY)
+        self.hit_counts_KV.mul_(USAGE_DECAY).add_(hits_KV)
         # not after a refused (non-finite) update: the pool would put NaN codes into the codebook
         if restart_now and math.isfinite(grad_norm):
             sums["codes_restarted"] = float(self.restart_dead_codes(step, torch.cat(pool)))
@@ -200,30 +246,44 @@ class TokenizerTask(Task):
         return sums
 
     def _discriminator_step(self, reals, fakes) -> float:
+        """One hinge step of the discriminator on real images and detached reconstructions, from cleared gradients.
+        Real and fake go through one forward (GroupNorm normalises each image alone, so this equals two passes), which
+        keeps a DDP-wrapped discriminator at one forward per backward."""
         ctx = self.ctx
         self.discriminator.train()
+        self.disc_optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for i, (real, fake) in enumerate(zip(reals, fakes)):
             with ctx.sync_context(self.disc_wrapped, i == len(reals) - 1), ctx.autocast():
-                d_loss = hinge_discriminator_loss(self.disc_wrapped(real), self.disc_wrapped(fake))
+                real_logits, fake_logits = self.disc_wrapped(torch.cat([real, fake])).float().split(len(real))
+                d_loss = hinge_discriminator_loss(real_logits, fake_logits)
                 ctx.backward(d_loss)
             total += float(d_loss.detach()) / len(reals)
         ctx.clip_and_step(self.disc_optimizer, self.discriminator.parameters())
         return total
 
+    def usage_rates_KV(self) -> torch.Tensor:
+        """Each code's share of each scale's recent tokens (decayed counts / their total; 0 before any step)."""
+        return self.hit_counts_KV / self.hit_counts_KV.sum(1, keepdim=True).clamp_min(1e-12)
+
     def usage_metrics(self) -> dict[str, float]:
-        """Per scale: % of the codebook with an EMA hit rate above 1% of uniform."""
-        V = self.usage_KV.shape[1]
-        used_K = (self.usage_KV > 0.01 / V).float().mean(1) * 100
+        """Per scale: % of the codebook whose recent hit rate is above 1% of uniform (1/V)."""
+        V = self.hit_counts_KV.shape[1]
+        used_K = (self.usage_rates_KV() > USED_FRACTION_OF_UNIFORM / V).float().mean(1) * 100
         sides = self.tokenizer.config.patch_nums
         return {f"usage_{s}x{s}": float(u) for s, u in zip(sides, used_K)} | {"usage_all": float(used_K.mean())}
 
     @torch.no_grad()
     def restart_dead_codes(self, step: int, pool_NC: torch.Tensor) -> int:
-        """Move codes whose hit rate (summed over scales) is below `dead_code_threshold` × uniform onto residual
-        vectors of this batch; reset their Adam moments. Rank 0 decides and broadcasts, so replicas stay equal."""
-        V = self.usage_KV.shape[1]
-        dead_V = self.usage_KV.sum(0) < self.config.dead_code_threshold * self.usage_KV.shape[0] / V
+        """Move codes whose hit rate (summed over scales) is below `dead_code_threshold` × uniform, among those that
+        have held their vector for `dead_code_grace_steps`, onto residual vectors of this batch; reset their Adam
+        moments, hit counts and EMA rows. The decision is the same on every rank (counts are summed over
+        processes); rank 0 draws the new vectors and broadcasts them, so replicas stay equal."""
+        K, V = self.hit_counts_KV.shape
+        rarely_hit_V = self.usage_rates_KV().sum(0) < self.config.dead_code_threshold * K / V
+        steps_done = step + 1
+        out_of_grace_V = steps_done - self.assigned_at_V >= self.config.dead_code_grace_steps
+        dead_V = rarely_hit_V & out_of_grace_V
         count = int(dead_V.sum())
         if count == 0:
             return 0
@@ -241,7 +301,11 @@ class TokenizerTask(Task):
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
                 state[key][dead_idx] = 0
-        self.usage_KV[:, dead_idx] = 1.0 / V  # give the restarted codes a grace period
+        self.hit_counts_KV[:, dead_idx] = 0  # a new vector: its usage is counted from now on
+        self.assigned_at_V[dead_idx] = steps_done
+        if self.ema is not None:  # the averaged codebook takes the new vectors too, not a blend with the dead ones
+            name = next(name for name, parameter in self.tokenizer.named_parameters() if parameter is codebook)
+            self.ema.shadow[name][dead_idx] = codebook.data[dead_idx].float()
         return count
 
     # ---- evaluation ------------------------------------------------------------------------------------------------
@@ -260,5 +324,7 @@ class TokenizerTask(Task):
             return
         tokenizer = Tokenizer(self.tokenizer.config)
         tokenizer.load_state_dict(state)
+        if self.ema is not None:  # the exported weights are the averaged ones, as the VAR task does
+            self.ema.copy_to(tokenizer)
         metadata = {"classes": list(self.dataset.classes), "trained_with": self.config_dict()}
         save_pretrained(directory, tokenizer=tokenizer, metadata=metadata)
