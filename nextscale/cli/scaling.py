@@ -1,0 +1,68 @@
+"""`nextscale scaling`: a sweep of model sizes on one tokenizer and token budget, the power-law fits and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nextscale.cli.common import UsageError, add_command, check_output_dir
+from nextscale.cli.options import add_config_options, build_config
+
+_DATA_RENAMES = {"name": "--data", "root": "--data-root"}
+
+
+def add_commands(commands) -> None:
+    from nextscale.data.build import DATASETS, DataConfig
+    from nextscale.scaling.sweep import SweepConfig
+
+    p = add_command(
+        commands, "scaling", "train a sweep of model sizes and fit the paper's power laws (resumable)", cmd_scaling
+    )
+    add_config_options(
+        p.add_argument_group("sweep"),
+        SweepConfig,
+        exclude=("data",),
+        renames={"output_dir": "--out"},
+        choices={"precision": ("fp32", "bf16", "fp16")},
+    )
+    add_config_options(
+        p.add_argument_group("data"),
+        DataConfig,
+        defaults={"name": "fashion-mnist", "image_size": 32},
+        renames=_DATA_RENAMES,
+        exclude=("seed",),
+        helps={"name": f"{' | '.join(DATASETS)} | the path of an image folder"},
+    )
+    p.add_argument("--plan", action="store_true", help="print N, tokens, FLOPs and the estimated time; train nothing")
+    p.add_argument("--report-only", action="store_true", help="fit and plot the runs trained so far; train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_scaling(args) -> None:
+    from nextscale.data.build import DataConfig
+    from nextscale.pretrained import load_tokenizer
+    from nextscale.scaling.sweep import SweepConfig, plan, report, train_runs
+
+    data = build_config(DataConfig, args, {"name": "fashion-mnist", "image_size": 32}, seed=args.seed or 0)
+    config = build_config(SweepConfig, args, data=data)
+    if not (Path(config.tokenizer) / "tokenizer").is_dir():
+        raise UsageError(f"--tokenizer {config.tokenizer}: no tokenizer/ in it (train one with train-tokenizer)")
+    check_output_dir(config.output_dir)
+    tokenizer = load_tokenizer(Path(config.tokenizer) / "tokenizer")
+    if tokenizer.config.image_size != data.image_size:
+        raise UsageError(f"--image-size {data.image_size}: the tokenizer takes {tokenizer.config.image_size} px images")
+    num_classes = data.build("train").num_classes
+    space = tokenizer.token_space
+    if args.plan:
+        print(f"{'run':>4} {'width':>5} {'heads':>5} {'N':>10} {'images':>8} {'tokens':>11} {'PFLOPs':>8} {'hours':>6}")
+        for p in plan(config, space, num_classes, probe=True):
+            print(f"d{p.depth:<3} {p.width:5d} {p.heads:5d} {p.parameters:10,d} {p.images:8d} {p.tokens:11,d} "
+                  f"{p.pflops:8.3f} {p.estimated_hours:6.2f}")  # fmt: skip
+        return
+    if not args.report_only:
+        train_runs(config, progress=not args.no_progress)
+    fits = report(config, space, num_classes)
+    print(f"sweep in {config.output_dir}: runs.json, fits.json, loss_vs_parameters.png, loss_vs_compute.png")
+    for metric, fit in fits["against_parameters"].items():
+        print(f"{metric:9s} vs N: ({fit['beta']:.3g}·N)^{fit['alpha']:.4f}, r = {fit['pearson_r']:.4f}")
+    for metric, fit in fits["against_compute"].items():
+        print(f"{metric:9s} vs C: ({fit['beta']:.3g}·C)^{fit['alpha']:.4f}, r = {fit['pearson_r']:.4f}")

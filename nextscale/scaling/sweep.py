@@ -1,0 +1,263 @@
+"""A scaling sweep: transformers of several depths trained on the same data, tokenizer, schedule and token budget,
+evaluated at regular compute points, then fitted with the paper's power laws.
+
+    sweep_dir/
+      d2/ d3/ …            ordinary training runs (`nextscale train` layout: checkpoints/, metrics.jsonl, model/)
+      token_cache/         the data set's tokens, encoded once for all runs
+      runs.json            per run: depth, width, heads, N, images, tokens, PFLOPs, final test metrics
+      fits.json            α, β and Pearson r of L_last, L_avg, Err_last, Err_avg against N and C_min
+      loss_vs_parameters.png, loss_vs_compute.png    the paper's Fig. 5 and Fig. 6
+
+Every run is resumable, so rerunning the sweep continues where it stopped and skips finished runs. Sizes follow
+the paper's rule (width 64·depth, one 64-wide head per 64 channels) unless `width_per_depth` says otherwise.
+Test metrics are read from the runs' periodic evaluations on the data's validation split (Fashion-MNIST: the 10k
+test images, `eval_images` of them per point): L_last = loss of the last scale, L_avg = mean over all tokens, Err =
+1 − top-1 accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nextscale.data.build import DataConfig
+from nextscale.model.config import VARConfig
+from nextscale.scaling.analysis import RunCurve, write_fits_json
+from nextscale.scaling.flops import training_flops_per_image
+from nextscale.scaling.parameters import parameter_count
+from nextscale.token_space import TokenSpace
+
+logger = logging.getLogger(__name__)
+
+METRICS_FROM_LOG = {  # the sweep's metric → how it follows from an evaluation record
+    "L_last": lambda r: r["eval/L_tail"],
+    "L_avg": lambda r: r["eval/L_mean"],
+    "Err_last": lambda r: 1 - r["eval/acc_tail"] / 100,
+    "Err_avg": lambda r: 1 - r["eval/acc_mean"] / 100,
+}
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep varies (depth) and what it holds fixed (everything else)."""
+
+    output_dir: str = "runs/scaling"  # the sweep's folder: one run per depth, the fits and the figures
+    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer every run uses
+    depths: tuple[int, ...] = (2, 3, 4, 5, 6)  # one run per depth
+    width_per_depth: int = 64  # width = width_per_depth · depth (the paper: 64)
+    head_width: int = 64  # heads = width / head_width (the paper: 64)
+    images: int = 50_000  # training images per run: the same token budget for every size
+    batch_size: int = 64
+    base_lr: float = 1e-3  # per 256 images (lr = base_lr × batch_size / 256), as the training recipe
+    evaluations: int = 8  # evaluation points per run, evenly spaced in steps (so in compute)
+    eval_images: int = 2000  # test images per evaluation point
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 only where the hardware has it)
+    seed: int = 0
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist", image_size=32))
+
+    def __post_init__(self) -> None:
+        self.depths = tuple(sorted(set(int(d) for d in self.depths)))
+        if len(self.depths) < 2 or self.depths[0] < 1:
+            raise ValueError(f"a sweep needs at least two positive depths, got {self.depths}")
+        if self.images < self.batch_size or self.batch_size < 1:
+            raise ValueError(f"images ({self.images}) must be at least one batch ({self.batch_size})")
+        if self.evaluations < 2 or self.eval_images < 1:
+            raise ValueError("a sweep needs at least 2 evaluation points and 1 evaluation image")
+        for depth in self.depths:
+            width = self.width_per_depth * depth
+            if width % self.head_width:
+                raise ValueError(f"width {width} of depth {depth} is not a multiple of head_width {self.head_width}")
+
+    @property
+    def steps(self) -> int:
+        return self.images // self.batch_size
+
+    def model_overrides(self, depth: int) -> dict:
+        width = self.width_per_depth * depth
+        return {"depth": depth, "width": width, "num_heads": width // self.head_width}
+
+
+@dataclass
+class RunPlan:
+    depth: int
+    width: int
+    heads: int
+    parameters: int  # N
+    steps: int
+    images: int
+    tokens: int  # images × tokens per image
+    pflops: float  # training compute of the whole run
+    seconds_per_step: float | None = None  # measured, when planned with a timing probe
+
+    @property
+    def estimated_hours(self) -> float | None:
+        """Training time from the probe's step time (evaluations and the token cache come on top)."""
+        return None if self.seconds_per_step is None else self.seconds_per_step * self.steps / 3600
+
+
+def plan(config: SweepConfig, token_space: TokenSpace, num_classes: int, probe: bool = False) -> list[RunPlan]:
+    """N, tokens and FLOPs of every run; with `probe`, the measured seconds of a training step (for the estimate)."""
+    plans = []
+    for depth in config.depths:
+        model_config = _model_config(config, depth, num_classes)
+        per_image = training_flops_per_image(model_config, token_space)
+        steps = config.steps
+        plans.append(
+            RunPlan(
+                depth=depth,
+                width=model_config.width,
+                heads=model_config.num_heads,
+                parameters=parameter_count(model_config, token_space),
+                steps=steps,
+                images=steps * config.batch_size,
+                tokens=steps * config.batch_size * token_space.schedule.total_length,
+                pflops=steps * config.batch_size * per_image / 1e15,
+                seconds_per_step=_time_a_step(model_config, token_space, config) if probe else None,
+            )
+        )
+    return plans
+
+
+def _model_config(config: SweepConfig, depth: int, num_classes: int) -> VARConfig:
+    from nextscale.model.config import var_preset
+
+    return var_preset("fmnist-small", **config.model_overrides(depth), num_classes=num_classes)
+
+
+def _time_a_step(model_config: VARConfig, token_space: TokenSpace, config: SweepConfig) -> float:
+    """Seconds of one optimizer step (forward, backward, AdamW) on random tokens, best of three after a warm-up."""
+    from nextscale.model.var import VAR, cross_entropy_per_token
+
+    torch.manual_seed(0)
+    model = VAR(model_config, token_space).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    B, schedule = config.batch_size, token_space.schedule
+    labels = torch.randint(model_config.num_classes, (B,))
+    inputs = torch.randn(B, schedule.total_length - schedule.first_length, token_space.latent_channels)
+    targets = torch.randint(token_space.vocab_size, (B, schedule.total_length))
+    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+    def step() -> float:
+        start = time.perf_counter()
+        with cast:
+            logits = model(labels, inputs, drop_labels=False)
+        cross_entropy_per_token(logits, targets).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    step()
+    return min(step() for _ in range(3))
+
+
+def run_directory(config: SweepConfig, depth: int) -> Path:
+    return Path(config.output_dir) / f"d{depth}"
+
+
+def train_runs(config: SweepConfig, progress: bool = True) -> None:
+    """Train (or resume, or skip when finished) every run of the sweep, smallest first."""
+    from nextscale.train.loop import LoopConfig, run
+    from nextscale.train.var_task import VARTask, VARTrainConfig
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+    steps = config.steps
+    eval_every = max(steps // config.evaluations, 1)
+    for depth in config.depths:
+        directory = run_directory(config, depth)
+        if _finished(directory, steps):
+            logger.info("d%d: finished earlier (%s)", depth, directory)
+            continue
+        task = VARTask(
+            VARTrainConfig(
+                tokenizer=config.tokenizer,
+                preset="fmnist-small",
+                model=config.model_overrides(depth),
+                token_cache_dir=str(out / "token_cache"),
+                data=config.data,
+            )
+        )
+        loop = LoopConfig(
+            output_dir=str(directory),
+            steps=steps,
+            batch_size=config.batch_size,
+            base_lr=config.base_lr,
+            precision=config.precision,
+            seed=config.seed,
+            log_every=eval_every,
+            eval_every=eval_every,
+            eval_batches=max(config.eval_images // config.batch_size, 1),
+            save_every=eval_every,
+            progress=progress,
+        )
+        logger.info("d%d: training %d steps in %s", depth, steps, directory)
+        run(task, loop)
+
+
+def _finished(directory: Path, steps: int) -> bool:
+    """A run is finished when its export exists and its log has the final evaluation."""
+    return (directory / "model").is_dir() and any(r.get("step") == steps for r in _eval_records(directory))
+
+
+def _eval_records(directory: Path) -> list[dict]:
+    log = directory / "metrics.jsonl"
+    if not log.is_file():
+        return []
+    records = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "eval/L_tail" in record:
+            records.append(record)
+    return records
+
+
+def collect(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> list[RunCurve]:
+    """Each finished run's evaluation curve: cumulative training FLOPs (steps × batch × FLOPs per image) and the
+    four metrics at every evaluation point."""
+    curves = []
+    for depth in config.depths:
+        records = {r["step"]: r for r in _eval_records(run_directory(config, depth))}  # the last one per step wins
+        if not records:
+            continue
+        model_config = _model_config(config, depth, num_classes)
+        per_image = training_flops_per_image(model_config, token_space)
+        steps = sorted(records)
+        curves.append(
+            RunCurve(
+                name=f"d{depth}",
+                parameters=parameter_count(model_config, token_space),
+                flops=[s * config.batch_size * per_image for s in steps],
+                metrics={m: [value(records[s]) for s in steps] for m, value in METRICS_FROM_LOG.items()},
+            )
+        )
+    return curves
+
+
+def report(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> dict:
+    """Write runs.json, fits.json and the two figures from the finished runs; returns the fits."""
+    from nextscale.scaling.plots import plot_against_compute, plot_against_parameters
+
+    out = Path(config.output_dir)
+    curves = collect(config, token_space, num_classes)
+    if len(curves) < 2:
+        raise ValueError(f"{out}: fits need at least two finished runs, found {len(curves)}")
+    plans = {f"d{p.depth}": p for p in plan(config, token_space, num_classes)}
+    runs = []
+    for curve in curves:
+        final = {metric: values[-1] for metric, values in curve.metrics.items()}
+        row = {**asdict(plans[curve.name]), "name": curve.name, "final": final, "final_pflops": curve.flops[-1] / 1e15}
+        runs.append(row)
+    (out / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    fits_path = write_fits_json(curves, out / "fits.json")
+    plot_against_parameters(curves, out / "loss_vs_parameters.png")
+    plot_against_compute(curves, out / "loss_vs_compute.png")
+    return json.loads(fits_path.read_text())
