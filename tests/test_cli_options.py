@@ -260,3 +260,18 @@ def test_a_flag_of_the_other_architecture_is_refused(tmp_path, capsys):
     line = one_error_line(["train", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "r"),
                            "--architecture", "raster", "--shared-adaln"], capsys)  # fmt: skip
     assert "--shared-adaln is not a setting of the raster architecture" in line
+
+
+def test_perceptual_weights_command_writes_a_file_the_loss_loads(tmp_path, capsys):
+    torchvision = pytest.importorskip("torchvision", reason="the VGG16 layout comes from torchvision")
+    pytest.importorskip("lpips", reason="the LPIPS linear layers come from the lpips package")
+    from nextscale.tokenizer.losses import PerceptualLoss
+
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), tmp_path / "vgg16.pth")
+    out = tmp_path / "weights" / "lpips_vgg.pth"
+    assert cli.main(["perceptual-weights", "--out", str(out), "--vgg", str(tmp_path / "vgg16.pth")]) == 0
+    loss = PerceptualLoss(out)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loss(images, images).item() == 0.0 and loss(images, images.flip(-1)).item() > 0
+    line = one_error_line(["perceptual-weights", "--out", str(tmp_path), "--vgg", str(tmp_path / "vgg16.pth")], capsys)
+    assert "is a directory" in line

@@ -139,6 +139,16 @@ def add_commands(commands) -> None:
     p.add_argument("--out", required=True, help="model directory to write")
 
     p = add_command(
+        commands,
+        "perceptual-weights",
+        "write the tokenizer's perceptual-loss weights (VGG16 + LPIPS linear layers) for --perceptual-weights",
+        cmd_perceptual_weights,
+    )
+    p.add_argument("--out", required=True, help="weights file to write, e.g. weights/lpips_vgg.pth")
+    p.add_argument("--vgg", help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth); default: download it")
+    p.add_argument("--lpips", help="LPIPS linear layers (lpips/weights/v0.1/vgg.pth); default: the installed package's")
+
+    p = add_command(
         commands, "quickstart", "train a small tokenizer and VAR on a built-in set, write samples", cmd_quickstart
     )
     p.add_argument("--data", help="default: fashion-mnist when installed, else the built-in procedural set")
@@ -211,6 +221,13 @@ def cmd_convert(args) -> None:
     tokenizer = load_official_tokenizer(args.vae, args.patch_nums)
     out = save_pretrained(args.out, tokenizer=tokenizer, metadata={"converted_from": str(args.vae)})
     print(f"tokenizer ({tokenizer.token_space}, {tokenizer.config.image_size} px) written to {out}")
+
+
+def cmd_perceptual_weights(args) -> None:
+    from nextscale.tokenizer.perceptual_weights import write_perceptual_weights
+
+    path = write_perceptual_weights(args.out, vgg_weights=args.vgg, lpips_weights=args.lpips)
+    print(f"perceptual-loss weights written to {path} (use: train-tokenizer --perceptual-weights {path})")
 
 
 def cmd_quickstart(args) -> None:
