@@ -24,7 +24,9 @@ def add_commands(commands) -> None:
         renames={"output_dir": "--out"},
         choices={"precision": ("fp32", "bf16", "fp16")},
     )
-    p.add_argument("--rows", dest="row_names", help="comma-separated rows to run (default: all seven; AR is always needed)")
+    p.add_argument(
+        "--rows", dest="row_names", help="comma-separated rows to run (default: all seven; AR is always needed)"
+    )
     add_config_options(
         p.add_argument_group("data"),
         DataConfig,
