@@ -7,6 +7,7 @@ Runs use the `debug` presets (8 px images) on CPU in fp32; the CLI cases go thro
 from __future__ import annotations
 
 import io
+import json
 import math
 import subprocess
 import sys
@@ -215,3 +216,70 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: P
     assert len(logged) == NAN_STEP  # the NaN step's metrics are not logged
     model = task.tokenizer if stage == "tokenizer" else task.model
     assert non_finite(dict(model.state_dict())) == []  # the update with NaN gradients was refused
+
+
+# ---- settings of a resumed run, --restart, --epochs, precision ------------------------------------------------------
+
+
+def tokenizer_run(out: Path, *extra: str) -> list[str]:
+    return ["train-tokenizer", "--preset", "debug", "--data", "procedural", "--image-size", "8", "--num-samples", "16",
+            "--steps", "2", "--batch-size", "4", "--precision", "fp32", "--eval-every", "0", "--eval-batches", "1",
+            "--save-every", "1", "--no-progress", "--out", str(out), *extra]  # fmt: skip
+
+
+def test_a_resume_with_other_settings_is_refused_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "run"
+    assert cli.main(tokenizer_run(out)) == 0
+    message = cli_error(tokenizer_run(out, "--vocab-size", "32"), capsys)
+    assert "tokenizer.vocab_size = None, this run has 32" in message and "--restart" in message
+    message = cli_error(tokenizer_run(out, "--num-samples", "20"), capsys)
+    assert "data.num_samples" in message
+    assert cli.main(tokenizer_run(out, "--steps", "3", "--log-every", "2")) == 0  # length and logging may change
+    capsys.readouterr()
+    assert cli.main(tokenizer_run(out, "--vocab-size", "32", "--restart")) == 0  # start over, keep the old run
+    assert "moved to" in capsys.readouterr().out
+    replaced = list(out.glob("replaced-*"))
+    assert len(replaced) == 1 and (replaced[0] / "checkpoints").is_dir() and (replaced[0] / "model").is_dir()
+    from nextscale import from_pretrained
+
+    assert from_pretrained(out / "model")[0].vocab_size == 32
+
+
+def test_a_resume_on_a_changed_data_set_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture):
+    data = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        for i in range(4):
+            write_image(data / "train" / cls / f"{i}.png", seed=i, size=(8, 8))
+    argv = tokenizer_run(tmp_path / "run")
+    argv[argv.index("procedural")] = str(data)
+    assert cli.main(argv) == 0
+    write_image(data / "train" / "dog" / "new.png", seed=9, size=(8, 8))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)  # known only once the data is read: the setup's log lines come first, the error is the last
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 2 and "Traceback" not in message
+    assert "the data set changed" in message and "8 images then, 9 now" in message
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--save-every", "0"), ("--log-every", "0"), ("--epochs", "-1")])
+def test_loop_settings_that_cannot_work(tmp_path: Path, capsys: pytest.CaptureFixture, flag, value):
+    message = cli_error(tokenizer_run(tmp_path / "run", flag, value), capsys)
+    assert flag.lstrip("-").replace("-", "_") in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_epochs_set_the_number_of_steps(tmp_path: Path):
+    out = tmp_path / "run"
+    assert cli.main(tokenizer_run(out, "--epochs", "2.5", "--log-every", "1")) == 0  # 16 images, batch 4: 10 steps
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 10
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_multiplies_in_it():
+    from nextscale.train.loop import resolve_precision
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"

@@ -245,22 +245,12 @@ def test_an_interrupted_run_resumes_without_repeating_its_log(tmp_path: Path):
     assert [record["step"] for record in resumed if "train/loss" in record] == list(range(1, 13))
 
 
-TINY_TRAINING = """
-import sys
-from nextscale.data.build import DataConfig
-from nextscale.train.loop import LoopConfig, TrainingInterrupted, run
-from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
-
-task = TokenizerTask(TokenizerTrainConfig(
-    preset="debug", data=DataConfig(name="procedural", image_size=8, num_samples=32)))
-loop = LoopConfig(output_dir=sys.argv[1], steps=100000, batch_size=8, precision="fp32", save_every=5, log_every=1,
-                  eval_every=0, progress=False)
-try:
-    run(task, loop)
-except TrainingInterrupted as interrupted:  # what the CLI does with it
-    print(interrupted, file=sys.stderr)
-    sys.exit(130)
-"""
+def tiny_training_command(out: Path) -> list[str]:
+    """`nextscale train-tokenizer` on tiny data that runs until it is stopped."""
+    return [sys.executable, "-m", "nextscale.cli", "train-tokenizer", "--preset", "debug", "--data", "procedural",
+            "--image-size", "8", "--num-samples", "32", "--steps", "100000", "--batch-size", "8", "--precision",
+            "fp32", "--save-every", "5", "--log-every", "1", "--eval-every", "0", "--no-progress", "--out",
+            str(out)]  # fmt: skip
 
 
 def test_ctrl_c_stops_with_one_line_and_exit_status_130(tmp_path: Path):
@@ -268,8 +258,7 @@ def test_ctrl_c_stops_with_one_line_and_exit_status_130(tmp_path: Path):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
     process = subprocess.Popen(
-        [sys.executable, "-c", TINY_TRAINING, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, text=True,
+        tiny_training_command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -287,8 +276,10 @@ def test_ctrl_c_stops_with_one_line_and_exit_status_130(tmp_path: Path):
     assert "Traceback" not in stderr
     last_line = stderr.strip().splitlines()[-1]
     latest = CheckpointManager(tmp_path / "checkpoints").latest()
-    step = int(last_line.split()[3].rstrip(";"))
-    assert last_line == f"interrupted at step {step}; rerun the same command to resume (from {latest.name})"
+    step = int(last_line.split()[5].rstrip(";"))
+    assert last_line == (
+        f"nextscale train-tokenizer: interrupted at step {step}; rerun the same command to resume (from {latest.name})"
+    )
     logged = [record["step"] for record in records(tmp_path)]
     assert logged[-1] in (step - 1, step)  # the step in progress, just after the last one logged
     assert CheckpointManager(tmp_path / "checkpoints").load().step == int(latest.name.split("_")[1])  # intact

@@ -33,14 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit status (0, or 2 for a user error) when called with `argv`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    from nextscale.train.loop import NonFiniteLossError, TrainingInterrupted
     from nextscale.weights import CheckpointError
 
     try:
         args.func(args)
+    except TrainingInterrupted as stopped:  # Ctrl-C while training: where it stopped, how to go on
+        return _fail(args.command, str(stopped), 130, argv is not None, prefix="")
+    except NonFiniteLossError as err:  # the run diverged: what a rerun resumes from and what to change
+        return _fail(args.command, str(err), 1, argv is not None)
     except (UsageError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"nextscale {args.command}: error: {message}", file=sys.stderr)
-        if argv is not None:
-            raise SystemExit(2) from None
-        return 2
+        return _fail(args.command, str(message), 2, argv is not None)
     return 0
+
+
+def _fail(command: str, message: str, status: int, raise_exit: bool, prefix: str = "error: ") -> int:
+    """One line on stderr; the status is returned to the console script, raised as SystemExit for callers."""
+    print(f"nextscale {command}: {prefix}{message}", file=sys.stderr)
+    if raise_exit:
+        raise SystemExit(status)
+    return status

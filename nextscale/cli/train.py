@@ -15,7 +15,6 @@ from nextscale.cli.common import (
     add_command,
     check_device,
     check_output_dir,
-    check_positive,
     default_device,
 )
 from nextscale.cli.options import add_config_options, build_config, given
@@ -28,7 +27,7 @@ _DATA_EXCLUDE = ("seed",)  # one --seed for the run (LoopConfig's)
 
 def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
     from nextscale.data.build import DATASETS, DataConfig
-    from nextscale.train.loop import PRECISIONS, LoopConfig
+    from nextscale.train.loop import PRECISION_CHOICES, LoopConfig
     from nextscale.train.schedule import NAMED_SCHEDULES
 
     add_config_options(
@@ -36,7 +35,7 @@ def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
         LoopConfig,
         defaults=recipe.loop,
         renames=_LOOP_RENAMES,
-        choices={"precision": PRECISIONS, "wrap": ("ddp", "fsdp", "none")},
+        choices={"precision": PRECISION_CHOICES, "wrap": ("ddp", "fsdp", "none")},
         helps={
             "output_dir": "run directory (checkpoints, logs, model/); rerun the same command to resume",
             "lr_schedule": f"{', '.join(NAMED_SCHEDULES)}, or lin<T> with 0<T<1 (two slopes meeting at T)",
@@ -64,7 +63,6 @@ def _loop_and_data(args, recipe):
     loop = build_config(LoopConfig, args, recipe.loop)
     data = build_config(DataConfig, args, recipe.data, seed=loop.seed)
     check_output_dir(loop.output_dir)
-    check_positive(loop.steps if not getattr(loop, "epochs", None) else 1, "--steps")
     return loop, data
 
 
@@ -166,7 +164,7 @@ def cmd_train_tokenizer(args) -> None:
     loop, data = _loop_and_data(args, recipe)
     config = build_config(TokenizerTrainConfig, args, recipe.task, data=data)
     if args.restart:
-        _move_run_aside(Path(loop.output_dir))
+        _restart(loop.output_dir)
     export = run(TokenizerTask(config), loop)
     print(f"tokenizer written to {export}")
 
@@ -193,24 +191,17 @@ def cmd_train(args) -> None:
             "convert the released one with nextscale convert)"
         )
     if args.restart:
-        _move_run_aside(Path(loop.output_dir))
+        _restart(loop.output_dir)
     export = run(VARTask(config), loop)
     print(f"model written to {export}")
 
 
-def _move_run_aside(out: Path) -> None:
-    """--restart: the previous run's checkpoints, logs and export go to <out>/replaced-<time>/ (nothing deleted)."""
-    import time
+def _restart(output_dir: str) -> None:
+    from nextscale.train.loop import restart_run
 
-    parts = [out / name for name in ("checkpoints", "metrics.jsonl", "train.log", "tensorboard", "model")]
-    parts = [p for p in parts if p.exists()]
-    if not parts:
-        return
-    aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
-    aside.mkdir(parents=True)
-    for path in parts:
-        path.rename(aside / path.name)
-    print(f"nextscale: --restart: the previous run in {out} was moved to {aside}")
+    aside = restart_run(output_dir)
+    if aside is not None:
+        print(f"nextscale: --restart: the previous run in {output_dir} was moved to {aside}")
 
 
 def cmd_convert(args) -> None:

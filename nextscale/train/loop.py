@@ -15,13 +15,14 @@ What can go wrong, and what happens:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from torch import nn
 from nextscale.data.sampler import ResumableDistributedSampler
 from nextscale.data.seeding import derive_seed
 from nextscale.train.checkpoint import (
+    CONFIG_FILE,
     GOOD_STATE_KEY,
     Checkpoint,
     CheckpointManager,
@@ -53,12 +55,24 @@ from nextscale.weights import CheckpointError
 logger = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# settings a resumed run may change: how it is watched and saved, its length, and what divergence advice asks for
+RESUMABLE_CHANGES = frozenset(
+    f"loop.{name}"
+    for name in ("output_dir", "steps", "epochs", "log_every", "eval_every", "eval_batches", "save_every",
+                 "keep_last", "progress", "base_lr", "grad_clip", "precision")
+)  # fmt: skip
 
 
 @dataclass
 class LoopConfig:
+    """How a run trains, whatever it trains: length, batch, optimisation schedule, precision, logging, evaluation,
+    checkpoints. Saved with every checkpoint; a resume with other settings (except those in RESUMABLE_CHANGES) is
+    refused, naming the field. It holds no model or data settings (those are the task's)."""
+
     output_dir: str = "runs/var"
-    steps: int = 2000  # optimizer steps
+    steps: int = 2000  # optimizer steps (see epochs)
+    epochs: float | None = None  # passes over the training data instead of steps: steps = epochs × images / batch
     batch_size: int = 64  # images per optimizer step: all processes and accumulation steps together
     grad_accumulation: int = 1
     base_lr: float = 1e-4  # per 256 images: lr = base_lr × batch_size / 256
@@ -69,7 +83,7 @@ class LoopConfig:
     weight_decay: float = 0.05
     final_weight_decay: float | None = None  # None keeps it constant; cosine towards it otherwise
     grad_clip: float = 2.0  # global grad-norm clip; ≤ 0 disables
-    precision: str = "bf16"  # fp32 | bf16 | fp16 (fp16 adds a gradient scaler; CUDA)
+    precision: str = "auto"  # auto (bf16 where the hardware multiplies in it, else fp32) | fp32 | bf16 | fp16 (CUDA)
     seed: int = 0
     log_every: int = 25
     eval_every: int = 500  # 0 disables periodic evaluation (the final one still runs)
@@ -81,10 +95,31 @@ class LoopConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
-            raise ValueError("steps, batch_size and grad_accumulation must be positive")
+        if self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
+        for name in (
+            "steps",
+            "batch_size",
+            "grad_accumulation",
+            "log_every",
+            "save_every",
+            "eval_batches",
+            "keep_last",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be ≥ 0 (0: only the final evaluation), got {self.eval_every}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def resolved(self, num_images: int, device: torch.device) -> LoopConfig:
+        """This config with `epochs` turned into steps for a data set of `num_images`, and "auto" precision
+        decided for `device`."""
+        steps = self.steps if self.epochs is None else max(1, math.ceil(self.epochs * num_images / self.batch_size))
+        return replace(self, steps=steps, precision=resolve_precision(self.precision, device))
 
     @property
     def schedule(self) -> ScheduleConfig:
@@ -101,6 +136,34 @@ class LoopConfig:
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return PRECISIONS[self.precision]
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """ "auto" → "bf16" on GPUs that support it and CPUs with bf16 matrix units (AVX-512 BF16, AMX), else "fp32"
+    (elsewhere bf16 is emulated and several times slower than fp32); other names are returned as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+        return "bf16" if any(flag in flags for flag in ("avx512_bf16", "amx_bf16")) else "fp32"
+    return "fp32"
+
+
+def restart_run(output_dir: str | Path) -> Path | None:
+    """Move a previous run out of the way (checkpoints, logs, export) into <output_dir>/replaced-<time>/, so that
+    the next run starts over; nothing is deleted. Returns that folder, or None when there was nothing to move."""
+    output_dir = Path(output_dir)
+    parts = [output_dir / name for name in ("checkpoints", "metrics.jsonl", "train.log", "tensorboard", "model")]
+    parts = [part for part in parts if part.exists()]
+    if not parts:
+        return None
+    aside = output_dir / time.strftime("replaced-%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True)
+    for part in parts:
+        part.rename(aside / part.name)
+    return aside
 
 
 class StepContext:
@@ -195,8 +258,13 @@ class Task:
         Called on every process; only the main process writes."""
         raise NotImplementedError
 
-    def config_dict(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
+        """The task's settings as requested (before `setup`); a resume must match them."""
         return {}
+
+    def config_dict(self) -> dict[str, Any]:
+        """The settings once resolved by `setup` (presets expanded, sizes known): saved with every checkpoint."""
+        return self.settings()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -245,6 +313,7 @@ def run(task: Task, config: LoopConfig) -> Path:
             f"({dist.world_size} × {config.grad_accumulation})"
         )
     checkpoints = CheckpointManager(output_dir / "checkpoints", config.keep_last, dist.is_main_process)
+    _check_settings(checkpoints, {"loop": asdict(config), task.name: task.settings()})  # before any work
     progress = _Progress()
     try:
         return _run(task, config, dist, checkpoints, progress)
@@ -258,12 +327,15 @@ def _run(
     output_dir = Path(config.output_dir)
     step_context = StepContext(config, dist)
     task.setup(step_context)  # seeds the initial weights itself, identically on every rank
+    config = step_context.loop = config.resolved(len(task.dataset), dist.device)
     _seed_process(derive_seed(config.seed, dist.rank))  # drop path and other in-model randomness, per rank
     sampler = ResumableDistributedSampler(
         len(task.dataset), step_context.per_rank_batch, world_size=dist.world_size, rank=dist.rank, seed=config.seed
     )
     losses = LossMonitor()
-    resumed_state = _resume(task, sampler, checkpoints, dist)
+    full_config = {"loop": asdict(config), task.name: task.config_dict(), "world_size": dist.world_size}
+    dataset = {"images": len(task.dataset), "classes": list(getattr(task.dataset, "classes", []))}
+    resumed_state = _resume(task, sampler, checkpoints, dist, full_config, dataset)
     start = int(resumed_state["step"]) if resumed_state else 0
     progress.step = start
     losses.load_state_dict(resumed_state.get("losses", {}) if resumed_state else {})
@@ -271,7 +343,6 @@ def _run(
     # lines logged after the checkpoint would be logged again; a checkpoint from before this was recorded keeps all
     metrics_log.keep_first_lines(resumed_state.get("metrics_lines", sys.maxsize) if resumed_state else 0)
     schedule = config.schedule
-    full_config = {"loop": asdict(config), task.name: task.config_dict(), "world_size": dist.world_size}
     throughput = ThroughputMeter()
     batches = iter(sampler)
     bar = progress_bar(
@@ -315,6 +386,7 @@ def _run(
                 metrics_log.log(step + 1, task.evaluate(), prefix="eval")
             if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
                 run_state = {
+                    "dataset": dataset,
                     GOOD_STATE_KEY: losses.is_good(),  # pruning keeps the newest good checkpoint
                     "losses": losses.state_dict(),
                     "metrics_lines": metrics_log.line_count,  # what metrics.jsonl is cut back to on resume
@@ -403,16 +475,26 @@ def _save(task: Task, sampler, checkpoints: CheckpointManager, step: int, config
     )
 
 
-def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: DistributedContext) -> dict[str, Any] | None:
+def _resume(
+    task: Task, sampler, checkpoints: CheckpointManager, dist: DistributedContext, config: dict, dataset: dict
+) -> dict[str, Any] | None:
     """Load the newest intact checkpoint into the task, its optimizers, the sampler and the generators; returns its
-    run state (step, loss history, metrics lines ...), or None for a fresh run."""
+    run state (step, loss history, metrics lines ...), or None for a fresh run. A checkpoint of another task, of
+    other settings or of another data set is refused with one line saying what differs."""
     checkpoint = checkpoints.load_newest_intact(map_location=dist.device, check=_whole_checkpoint_check(task))
     if checkpoint is None:
         return None
     if checkpoint.state.get("task") not in (None, task.name):
-        raise RuntimeError(
+        raise ValueError(
             f"{checkpoints.directory} holds {checkpoint.state.get('task')} checkpoints, not {task.name}: "
-            "use another output directory"
+            f"{RESUME_ADVICE}"
+        )
+    _refuse_differences(checkpoint.path, config, checkpoint.config)
+    saved_data = checkpoint.state.get("dataset")
+    if saved_data is not None and saved_data != dataset:
+        raise ValueError(
+            f"the data set changed since {checkpoint.path} ({saved_data['images']} images then, "
+            f"{dataset['images']} now, or other classes): {RESUME_ADVICE}"
         )
     missing = [name for name in task.optimizers() if name not in checkpoint.optimizer]
     if missing:
@@ -436,6 +518,44 @@ def _resume(task: Task, sampler, checkpoints: CheckpointManager, dist: Distribut
         torch.manual_seed(derive_seed(checkpoint.state["step"], dist.rank, 0x5EED))
     logger.info("resumed from %s (step %d)", checkpoint.path, checkpoint.state["step"])
     return checkpoint.state
+
+
+RESUME_ADVICE = "use the same settings, another --out, or --restart to start over in this one"
+
+
+def _check_settings(checkpoints: CheckpointManager, settings: dict) -> None:
+    """Refuse, before building anything, a rerun whose requested settings differ from the newest checkpoint's."""
+    latest = checkpoints.latest()
+    try:
+        saved = json.loads((latest / CONFIG_FILE).read_text()) if latest is not None else {}
+    except (OSError, ValueError):  # a damaged checkpoint: resuming sets it aside and checks the one it uses
+        return
+    _refuse_differences(latest, settings, saved if isinstance(saved, dict) else {})
+
+
+def _refuse_differences(path: Path, now: dict, then: dict) -> None:
+    for name, (value, saved) in _differences(now, then).items():
+        if name not in RESUMABLE_CHANGES:
+            raise ValueError(f"{path} was written with {name} = {saved!r}, this run has {value!r}: {RESUME_ADVICE}")
+
+
+def _differences(now: dict, then: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """{dotted name: (this run's value, the checkpoint's)} of the settings both have and that differ (a field added
+    by a newer version of the library takes its default; a checkpoint without a config differs in nothing). Lists
+    and tuples compare equal (JSON has no tuples); the number of processes may change."""
+    out = {}
+    for key in sorted(set(now) & set(then)):
+        name = f"{prefix}{key}"
+        a, b = now[key], then[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, f"{name}."))
+        elif _plain(a) != _plain(b) and name != "world_size":
+            out[name] = (a, b)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _whole_checkpoint_check(task: Task):

@@ -68,7 +68,7 @@ VAR_RECIPES: dict[str, Recipe] = {
     # CPU: the docs' Fashion-MNIST transformer (docs/results.md)
     "fmnist-small": Recipe(
         description="Fashion-MNIST 32 px, fmnist-small on a CPU (docs/results.md)",
-        loop=dict(steps=4000, batch_size=64, base_lr=1e-4, weight_decay=0.05, precision="bf16", save_every=250),
+        loop=dict(steps=4000, batch_size=64, base_lr=1e-4, weight_decay=0.05, save_every=250),
         data=dict(name="fashion-mnist", image_size=32),
         task=dict(preset="fmnist-small"),
     ),
@@ -77,7 +77,7 @@ VAR_RECIPES: dict[str, Recipe] = {
 TOKENIZER_RECIPES: dict[str, Recipe] = {
     "fmnist-32": Recipe(
         description="Fashion-MNIST 32 px tokenizer on a CPU (docs/results.md)",
-        loop=dict(steps=2000, batch_size=64, base_lr=1e-3, weight_decay=0.0, precision="bf16", save_every=250),
+        loop=dict(steps=2000, batch_size=64, base_lr=1e-3, weight_decay=0.0, save_every=250),
         data=dict(name="fashion-mnist", image_size=32),
         task=dict(preset="fmnist-32"),
     ),

@@ -181,8 +181,11 @@ class TokenizerTask(Task):
             else:  # EMA switched on for a run that had none: start it from the resumed weights
                 self.ema = EMA(self.tokenizer, self.ctx.loop.ema_decay)
 
+    def settings(self):
+        return {**asdict(self.config), "data": asdict(self.data)}
+
     def config_dict(self):
-        return {**asdict(self.config), "data": asdict(self.data), "tokenizer": self.tokenizer.config.to_dict()}
+        return {**self.settings(), "tokenizer_config": self.tokenizer.config.to_dict()}
 
     # ---- step -------------------------------------------------------------------------------------------------------
 

@@ -189,10 +189,12 @@ class VARTask(Task):
         if self.ema is not None and "ema" in tensors:
             self.ema.load_state_dict(tensors["ema"])
 
+    def settings(self):
+        return {**asdict(self.config), "data": asdict(self.data)}
+
     def config_dict(self):
         return {
-            **asdict(self.config),
-            "data": asdict(self.data),
+            **self.settings(),
             "model_config": self.model.config.to_dict(),  # the resolved preset + overrides
             "token_space": self.tokenizer.token_space.to_dict(),
         }
