@@ -17,6 +17,7 @@ from nextscale.cli.options import field_comments, flag_of
 from nextscale.data.build import DataConfig
 from nextscale.model.config import VARConfig
 from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
+from nextscale.tokenizer.tokenizer import TokenizerConfig
 from nextscale.train.loop import LoopConfig
 from nextscale.train.recipes import VAR_RECIPES
 from nextscale.train.tokenizer_task import TokenizerTrainConfig
@@ -44,7 +45,8 @@ def fields(config_class, exclude=()) -> list[str]:
     [
         ("train", [(LoopConfig, ()), (DataConfig, ("seed",)), (VARTrainConfig, ("data", "model")),
                    (VARConfig, ("num_classes",))]),
-        ("train-tokenizer", [(LoopConfig, ()), (DataConfig, ("seed",)), (TokenizerTrainConfig, ("data",))]),
+        ("train-tokenizer", [(LoopConfig, ()), (DataConfig, ("seed",)), (TokenizerTrainConfig, ("data", "tokenizer")),
+                             (TokenizerConfig, ())]),
         ("sample", [(SamplingSettings, ())]),
         ("edit", [(SamplingSettings, ())]),
         ("sample-set", [(SamplingSettings, ())]),

@@ -119,7 +119,7 @@ def gan_task(tmp_path) -> tuple[TokenizerTask, list, LoopConfig]:
     """The debug tokenizer at 16 px (scales 1,2,4,8) with the discriminator on from step 0, set up as `run` does,
     and its first batch of sample keys."""
     config = TokenizerTrainConfig(
-        preset="debug", patch_nums="1,2,4,8", gan_weight=0.5, gan_start_step=0, dead_code_every=0,
+        preset="debug", tokenizer={"patch_nums": "1,2,4,8"}, gan_weight=0.5, gan_start_step=0, dead_code_every=0,
         data=DataConfig(name="procedural", image_size=16, num_samples=8),
     )  # fmt: skip
     loop = LoopConfig(output_dir=str(tmp_path), steps=1, batch_size=GAN_BATCH, base_lr=0.05, precision="fp32")

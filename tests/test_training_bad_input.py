@@ -231,7 +231,7 @@ def test_a_resume_with_other_settings_is_refused_naming_the_field(tmp_path: Path
     out = tmp_path / "run"
     assert cli.main(tokenizer_run(out)) == 0
     message = cli_error(tokenizer_run(out, "--vocab-size", "32"), capsys)
-    assert "tokenizer.vocab_size = None, this run has 32" in message and "--restart" in message
+    assert "tokenizer.tokenizer = {}, this run has {'vocab_size': 32}" in message and "--restart" in message
     message = cli_error(tokenizer_run(out, "--num-samples", "20"), capsys)
     assert "data.num_samples" in message
     assert cli.main(tokenizer_run(out, "--steps", "3", "--log-every", "2")) == 0  # length and logging may change

@@ -79,7 +79,7 @@ def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) ->
 def add_commands(commands) -> None:
     from nextscale.model.config import VAR_PRESETS, VARConfig
     from nextscale.model.raster import RASTER_PRESETS, RasterConfig
-    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS
+    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
     from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, DEFAULT_VAR_RECIPE, TOKENIZER_RECIPES, VAR_RECIPES
     from nextscale.train.tokenizer_task import TokenizerTrainConfig
     from nextscale.train.var_task import ARCHITECTURES, VARTrainConfig
@@ -89,11 +89,16 @@ def add_commands(commands) -> None:
     _add_recipe(p, TOKENIZER_RECIPES, DEFAULT_TOKENIZER_RECIPE)
     _add_loop_and_data(p, recipe)
     add_config_options(
-        p.add_argument_group("tokenizer"),
+        p.add_argument_group("tokenizer training"),
         TokenizerTrainConfig,
         defaults=recipe.task,
-        exclude=("data",),
+        exclude=("data", "tokenizer"),
         choices={"preset": TOKENIZER_PRESETS},
+    )
+    add_config_options(
+        p.add_argument_group("tokenizer architecture (overrides of the preset's fields)"),
+        TokenizerConfig,
+        show_defaults=False,
     )
 
     recipe = VAR_RECIPES[DEFAULT_VAR_RECIPE]
@@ -157,12 +162,14 @@ def add_commands(commands) -> None:
 
 
 def cmd_train_tokenizer(args) -> None:
+    from nextscale.tokenizer.tokenizer import TokenizerConfig
     from nextscale.train.loop import run
     from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
 
     recipe = args.recipes[args.recipe]
     loop, data = _loop_and_data(args, recipe)
-    config = build_config(TokenizerTrainConfig, args, recipe.task, data=data)
+    architecture = given(args, TokenizerConfig)
+    config = build_config(TokenizerTrainConfig, args, recipe.task, data=data, tokenizer=architecture)
     if args.restart:
         _restart(loop.output_dir)
     export = run(TokenizerTask(config), loop)

@@ -520,6 +520,7 @@ def _resume(
     return checkpoint.state
 
 
+WHOLE_VALUES = frozenset({"var.model", "tokenizer.tokenizer"})  # override dicts: their keys are data, not fields
 RESUME_ADVICE = "use the same settings, another --out, or --restart to start over in this one"
 
 
@@ -540,14 +541,16 @@ def _refuse_differences(path: Path, now: dict, then: dict) -> None:
 
 
 def _differences(now: dict, then: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """{dotted name: (this run's value, the checkpoint's)} of the settings both have and that differ (a field added
-    by a newer version of the library takes its default; a checkpoint without a config differs in nothing). Lists
-    and tuples compare equal (JSON has no tuples); the number of processes may change."""
+    """{dotted name: (this run's value, the checkpoint's)} of the settings that differ. Config sections (the loop,
+    the task, nested configs) are compared field by field, and only the fields both have (a field added by a newer
+    version of the library takes its default; a checkpoint without a config differs in nothing); the dicts of
+    preset overrides (WHOLE_VALUES) are compared whole. Lists and tuples compare equal (JSON has no tuples); the
+    number of processes may change."""
     out = {}
     for key in sorted(set(now) & set(then)):
         name = f"{prefix}{key}"
         a, b = now[key], then[key]
-        if isinstance(a, dict) and isinstance(b, dict):
+        if isinstance(a, dict) and isinstance(b, dict) and name not in WHOLE_VALUES:
             out.update(_differences(a, b, f"{name}."))
         elif _plain(a) != _plain(b) and name != "world_size":
             out[name] = (a, b)

@@ -21,8 +21,9 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,9 +67,12 @@ def frozen(module: torch.nn.Module) -> Iterator[None]:
 
 @dataclass
 class TokenizerTrainConfig:
-    preset: str = "fmnist-32"
-    vocab_size: int | None = None  # overrides of the preset
-    patch_nums: str | None = None
+    """What training a tokenizer needs beyond the loop: the architecture (a preset with field overrides, e.g.
+    {"vocab_size": 1024, "patch_nums": (1, 2, 4, 8)}), the loss weights, the optional perceptual and GAN losses,
+    the dead-code restarts and the data."""
+
+    preset: str = "fmnist-32"  # tokenizer preset (TOKENIZER_PRESETS)
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields overriding the preset's
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     vq_weight: float = 1.0
@@ -93,12 +97,7 @@ class TokenizerTask(Task):
     def setup(self, ctx: StepContext) -> None:
         self.ctx = ctx
         device = ctx.dist.device
-        overrides = {}
-        if self.config.vocab_size is not None:
-            overrides["vocab_size"] = self.config.vocab_size
-        if self.config.patch_nums is not None:
-            overrides["patch_nums"] = self.config.patch_nums
-        tokenizer_config = tokenizer_preset(self.config.preset, **overrides)
+        tokenizer_config = tokenizer_preset(self.config.preset, **self.config.tokenizer)
         if self.data.image_size != tokenizer_config.image_size:
             raise ValueError(
                 f"the tokenizer preset {self.config.preset!r} takes {tokenizer_config.image_size} px images "
