@@ -212,7 +212,7 @@ def _pipeline(config: AblationConfig, key: str):
 
 def sample_row(config: AblationConfig, row: Row, progress: bool = True) -> Path:
     """The row's samples (samples_per_class of every class, class-major) in samples/<row>.npz with their labels."""
-    from nextscale.train.metrics import progress_bar
+    from nextscale.progress import progress_bar
 
     path = Path(config.output_dir) / "samples" / f"{_slug(row.name)}.npz"
     if path.is_file():

@@ -15,6 +15,7 @@ from torch import nn
 
 from nextscale.data.build import DataConfig
 from nextscale.data.sampler import ResumableDistributedSampler
+from nextscale.distributed import DistributedContext
 from nextscale.tokenizer.losses import (
     LPIPS_WIDTHS,
     VGG16_LAYOUT,
@@ -25,7 +26,6 @@ from nextscale.tokenizer.losses import (
     hinge_discriminator_loss,
 )
 from nextscale.tokenizer.perceptual_weights import write_perceptual_weights
-from nextscale.train.distributed import DistributedContext
 from nextscale.train.loop import LoopConfig, StepContext, run
 from nextscale.train.optim import build_optimizer
 from nextscale.train.schedule import apply_schedule

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from nextscale.data.build import DataConfig
 from nextscale.data.sampler import ResumableDistributedSampler
+from nextscale.distributed import DistributedContext
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
-from nextscale.train.distributed import DistributedContext
 from nextscale.train.loop import LoopConfig, StepContext, run
 from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
 

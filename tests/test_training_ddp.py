@@ -21,10 +21,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from nextscale.data.build import DataConfig
+from nextscale.distributed import cleanup
 from nextscale.pretrained import save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
-from nextscale.train.distributed import cleanup
 from nextscale.train.loop import LoopConfig, run
 from nextscale.train.var_task import VARTask, VARTrainConfig
 

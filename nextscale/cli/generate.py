@@ -115,8 +115,8 @@ def cmd_edit(args) -> None:
 
 def cmd_sample_set(args) -> None:
     from nextscale.cli.common import sampling_settings
+    from nextscale.distributed import barrier, cleanup, setup_distributed
     from nextscale.eval.sample_set import SampleSetConfig, expected_names, generate_sample_set, pack_npz, parse_classes
-    from nextscale.train.distributed import barrier, cleanup, setup_distributed
 
     check_seed(args.seed)
     check_output_dir(args.out)

@@ -8,26 +8,18 @@ Letters: B batch, L all tokens, K scales, V vocabulary.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
+from nextscale.distributed import sum_over_processes
 from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR, cross_entropy_per_token
+from nextscale.progress import progress_bar
 from nextscale.tokenizer.tokenizer import Tokenizer
-from nextscale.train.metrics import progress_bar
 
 
 def psnr(images_BCHW: torch.Tensor, reference_BCHW: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (peak 1 on the [0, 1] scale)."""
     mse_B = ((images_BCHW.clamp(-1, 1) - reference_BCHW) / 2).square().flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse_B.clamp_min(1e-10))
-
-
-def sum_over_processes(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum each tensor over processes in place (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for value in values.values():
-            dist.all_reduce(value)
-    return values
 
 
 def _batches(dataset, limit: int | None, batch_size: int, rank: int, world_size: int, device, show: bool):

@@ -32,6 +32,8 @@ from torch import nn
 
 from nextscale.data.sampler import ResumableDistributedSampler
 from nextscale.data.seeding import derive_seed
+from nextscale.distributed import DistributedContext, reduce_metrics, setup_distributed
+from nextscale.progress import progress_bar
 from nextscale.train.checkpoint import (
     CONFIG_FILE,
     GOOD_STATE_KEY,
@@ -40,15 +42,9 @@ from nextscale.train.checkpoint import (
     capture_rng_state,
     restore_rng_state,
 )
-from nextscale.train.distributed import (
-    DistributedContext,
-    load_optimizer_state,
-    optimizer_state,
-    reduce_metrics,
-    setup_distributed,
-)
+from nextscale.train.distributed import load_optimizer_state, optimizer_state
 from nextscale.train.divergence import EXPLOSION_FACTOR, LossMonitor
-from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta, progress_bar
+from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta
 from nextscale.train.schedule import ScheduleConfig, apply_schedule
 from nextscale.weights import CheckpointError
 

@@ -12,13 +12,12 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
 import torch
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +47,6 @@ def configure_logging(is_main_process: bool, log_file: str | os.PathLike | None 
         package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO if is_main_process else logging.WARNING)
     package_logger.propagate = False
-
-
-def progress_bar(
-    iterable: Iterable | None = None,
-    total: int | None = None,
-    description: str | None = None,
-    enabled: bool = True,
-    **kwargs: Any,
-) -> tqdm:
-    """A tqdm bar that is silent when `enabled` is False (non-zero ranks)."""
-    return tqdm(iterable, total=total, desc=description, disable=not enabled, dynamic_ncols=True, **kwargs)
 
 
 def format_eta(seconds: float) -> str:

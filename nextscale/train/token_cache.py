@@ -16,8 +16,8 @@ import torch
 
 from nextscale.data.fashion_mnist import FashionMNIST
 from nextscale.data.procedural import ProceduralShapes
-from nextscale.train.distributed import barrier
-from nextscale.train.metrics import progress_bar
+from nextscale.distributed import barrier
+from nextscale.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from nextscale.data.build import DataConfig
-from nextscale.eval.metrics import evaluate_tokenizer, psnr, sum_over_processes
+from nextscale.distributed import sum_over_processes
+from nextscale.eval.metrics import evaluate_tokenizer, psnr
 from nextscale.pretrained import save_pretrained
 from nextscale.tokenizer.losses import (
     PatchDiscriminator,
