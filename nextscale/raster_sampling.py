@@ -44,6 +44,8 @@ def sample_raster(
     require_same_token_space(tokenizer.token_space, model.token_space)
     if settings.more_smooth:
         raise ValueError("more_smooth does not apply to the raster model (its input is token ids, not embeddings)")
+    if settings.prune_ratio > 0:
+        raise ValueError("prune_ratio does not apply to the raster model (it has no scales to prune)")
     B, L, side = labels_B.shape[0], model.sequence_length, model.side
     device = labels_B.device
     cast = (

@@ -43,6 +43,8 @@ class SamplingSettings:
     top_k: int = 0  # keep the k most likely tokens (0: all)
     top_p: float = 0.0  # keep the smallest set with this much probability mass (0: all)
     more_smooth: bool = False  # feed Gumbel-softmax-smoothed embeddings forward instead of the drawn tokens
+    prune_ratio: float = 0.0  # skip this fraction of tokens at the largest scales (FastVAR-style speed-up; 0: off)
+    prune_scales: int = 2  # how many of the largest scales prune_ratio applies to
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cfg) and self.cfg >= 0):
@@ -51,6 +53,10 @@ class SamplingSettings:
             raise ValueError(f"top_k must be an integer ≥ 0 (0 keeps every token), got {self.top_k!r}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 keeps every token), got {self.top_p}")
+        if not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio must be in [0, 1) (0: no pruning), got {self.prune_ratio}")
+        if isinstance(self.prune_scales, bool) or not isinstance(self.prune_scales, int) or self.prune_scales < 1:
+            raise ValueError(f"prune_scales must be a positive integer, got {self.prune_scales!r}")
 
     @classmethod
     def preset(cls, name: str) -> SamplingSettings:
@@ -63,9 +69,10 @@ class SamplingSettings:
         """A preset name, an object or None (the defaults), with the fields in `overrides` that are not None
         replaced."""
         base = cls() if settings is None else cls.preset(settings) if isinstance(settings, str) else settings
-        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
         if unknown:
-            raise TypeError(f"unknown sampling settings {unknown}; the fields are cfg, top_k, top_p, more_smooth")
+            raise TypeError(f"unknown sampling settings {unknown}; the fields are {', '.join(names)}")
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -196,10 +203,17 @@ def sample_scales(
     f_hat = torch.zeros(B, quantizer.latent_channels, schedule.final_side, schedule.final_side, device=device)
     token_maps = []
     codebook_VC = quantizer.codebook.weight
+    hidden_2BCs = None  # the previous scale's last-block outputs as a grid, for pruned scales
     for k, side in enumerate(schedule.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
         with cast:
-            logits_2BlV = model.step(x_BlC, cond_BD, cache)
+            if settings.prune_ratio > 0 and k > 0 and k >= K - settings.prune_scales:
+                hidden_2BlC = _pruned_hidden(model, x_BlC, cond_BD, cache, hidden_2BCs, side, settings.prune_ratio)
+            else:
+                hidden_2BlC = model.step_hidden(x_BlC, cond_BD, cache)
+            logits_2BlV = model.logits(hidden_2BlC, cond_BD)
+        if settings.prune_ratio > 0:
+            hidden_2BCs = hidden_2BlC.transpose(1, 2).reshape(2 * B, -1, side, side)
         guidance = settings.cfg * ratio
         logits_BlV = (1 + guidance) * logits_2BlV[:B] - guidance * logits_2BlV[B:]
         if trace:
@@ -232,6 +246,22 @@ def sample_scales(
         images = tokenizer.decode_fhat(f_hat)
     images = images.float().add_(1).mul_(0.5)
     return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records if trace else {})
+
+
+def _pruned_hidden(model: VAR, x_2BlC, cond_2BD, cache, previous_2BCs, side: int, prune_ratio: float):
+    """FastVAR-style token pruning of one large scale: only the tokens whose input stands out most from the scale's
+    mean (the conditional row decides for both CFG rows of an image) go through the transformer; the others take
+    the previous scale's last-block outputs, upsampled (nearest) to this grid. Returns (2B, l, C) outputs."""
+    twoB, l, C = x_2BlC.shape
+    keep = max(1, round(l * (1 - prune_ratio)))
+    x_BlC = x_2BlC[: twoB // 2]
+    score_Bl = (x_BlC - x_BlC.mean(dim=1, keepdim=True)).float().norm(dim=-1)
+    kept_2Bk = score_Bl.topk(keep, dim=1).indices.sort(dim=1).values.repeat(2, 1)
+    index_2BkC = kept_2Bk.unsqueeze(-1).expand(-1, -1, C)
+    hidden_2BkC = model.step_hidden(x_2BlC.gather(1, index_2BkC), cond_2BD, cache)
+    upsampled = torch.nn.functional.interpolate(previous_2BCs.float(), size=(side, side), mode="nearest")
+    full_2BlC = upsampled.flatten(2).transpose(1, 2).to(hidden_2BkC.dtype)
+    return full_2BlC.scatter(1, index_2BkC, hidden_2BkC)
 
 
 def make_generator(seed: int | None, device) -> torch.Generator | None:

@@ -75,3 +75,23 @@ def test_the_modulation_is_computed_once_per_sampling(debug_models):
     finally:
         handle.remove()
     assert len(calls) == 1  # not once per scale: the modulation depends on the class only
+
+
+def test_token_pruning_runs_fewer_tokens_at_the_largest_scales_only(debug_models):
+    """FastVAR-style pruning (off by default): at the two largest scales only the kept share of tokens enters the
+    transformer; the scales before are drawn exactly as without pruning; every token map is still complete."""
+    tokenizer, model = debug_models
+    lengths = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    try:
+        pruned = generate(model, tokenizer, [1, 2], "fid", seed=4, prune_ratio=0.5)
+    finally:
+        handle.remove()
+    assert lengths == [1, 4, 4, 8]  # scales 1, 2, 3, 4: 9 → round(4.5) = 4 and 16 → 8 tokens computed
+    plain = generate(model, tokenizer, [1, 2], "fid", seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(pruned.token_maps[:2], plain.token_maps[:2]))
+    assert [m.shape[1:] for m in pruned.token_maps] == [m.shape[1:] for m in plain.token_maps]
+    assert not torch.equal(pruned.images, plain.images)
+    assert torch.equal(generate(model, tokenizer, [1, 2], "fid", seed=4, prune_ratio=0.0).images, plain.images)
+    with pytest.raises(ValueError, match="prune_ratio must be in"):
+        generate(model, tokenizer, [1], seed=0, prune_ratio=1.0)

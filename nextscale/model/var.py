@@ -185,13 +185,17 @@ class VAR(nn.Module):
     def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
         """One scale of KV-cached decoding: the new scale's input tokens → its logits (B, l, V). No mask is needed:
         the cache holds exactly the earlier scales, and tokens within a scale see each other."""
+        return self.logits(self.step_hidden(x_BlC, cond_BD, cache), cond_BD)
+
+    def step_hidden(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
+        """`step` up to the last block's output (B, l, C), before the head."""
         cond = self.condition(cond_BD)
         for block, layer_cache in zip(self.blocks, cache):
             if self.config.adaln:
                 x_BlC = block(x_BlC, cond, None, layer_cache)
             else:
                 x_BlC = block(x_BlC, None, layer_cache)
-        return self.logits(x_BlC, cond_BD)
+        return x_BlC
 
 
 def cross_entropy_per_token(logits_BLV: torch.Tensor, targets_BL: torch.Tensor, label_smoothing: float = 0.0):
