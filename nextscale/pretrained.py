@@ -33,6 +33,8 @@ from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
 from nextscale.weights import CheckpointError, load_strict, read_safetensors
 
 FORMAT_VERSION = 2
+# models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist
+SHIPPED_MODELS = {"fmnist": "assets/fmnist"}
 META_FILE = "nextscale.json"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -169,7 +171,7 @@ def save_pretrained(
 
 def read_metadata(directory: str | os.PathLike) -> dict:
     """`nextscale.json` of a model directory ({} when absent); refuses a format newer than this library reads."""
-    file = Path(directory) / META_FILE
+    file = resolve_model(directory) / META_FILE
     if not file.is_file():
         return {}
     meta = read_json(file)
@@ -183,11 +185,23 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     return meta
 
 
+def resolve_model(name_or_directory: str | os.PathLike) -> Path:
+    """A model directory, or the folder of a model shipped with the library (`SHIPPED_MODELS`)."""
+    path = Path(name_or_directory)
+    if not path.exists() and str(name_or_directory) in SHIPPED_MODELS:
+        shipped = Path(__file__).resolve().parent / SHIPPED_MODELS[str(name_or_directory)]
+        if not (shipped / META_FILE).is_file():
+            raise FileNotFoundError(f"the shipped model {name_or_directory!r} is missing from this installation")
+        return shipped
+    return path
+
+
 def from_pretrained(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[Tokenizer | None, torch.nn.Module | None]:
-    """(tokenizer, transformer) from a directory written by `save_pretrained`; a missing part is None."""
-    directory = Path(directory)
+    """(tokenizer, transformer) from a directory written by `save_pretrained`, or a shipped model's name
+    ("fmnist"); a missing part is None."""
+    directory = resolve_model(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     read_metadata(directory)

@@ -116,7 +116,7 @@ def note(command: str, message: str) -> None:
 
 def add_model_source(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (either --model, or --vae with --var)")
-    group.add_argument("--model", help="a model directory (save_pretrained / nextscale train output)")
+    group.add_argument("--model", help="a model directory (nextscale train output), or 'fmnist' (shipped)")
     group.add_argument("--vae", help="official tokenizer checkpoint (vae_ch160v4096z32.pth) or 'vqvae' to download")
     group.add_argument("--var", help="official transformer checkpoint (var_d16.pth …) or a name like var-d16")
     group.add_argument("--num-heads", type=int, help="heads of an official plain-attention checkpoint")
@@ -167,12 +167,12 @@ def check_seed(seed: int) -> None:
 def load_models(args):
     """(tokenizer, model, class names or None) from --model or --vae/--var."""
     from nextscale.convert import load_official
-    from nextscale.pretrained import from_pretrained, read_metadata
+    from nextscale.pretrained import from_pretrained, read_metadata, resolve_model
 
     check_device(args.device)
     if args.model:
-        if not Path(args.model).is_dir():
-            raise UsageError(f"--model {args.model}: model directory not found")
+        if not resolve_model(args.model).is_dir():
+            raise UsageError(f"--model {args.model}: model directory not found (or a shipped model: fmnist)")
         tokenizer, model = from_pretrained(args.model, args.device)
         if tokenizer is None or model is None:
             raise UsageError(f"--model {args.model}: needs both tokenizer/ and transformer/")
@@ -191,7 +191,10 @@ def load_pipeline(args):
     from nextscale.pipeline import Pipeline
 
     tokenizer, model, classes = load_models(args)
-    source = os.path.abspath(args.model) if args.model else f"official: {args.vae} + {args.var}"
+    if args.model:
+        source = args.model if not Path(args.model).exists() else os.path.abspath(args.model)  # a shipped name
+    else:
+        source = f"official: {args.vae} + {args.var}"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     settings = sampling_settings(args) if hasattr(args, "preset") else "demo"
     return Pipeline(tokenizer, model, settings, class_names=classes, dtype=dtype, source=str(source), fast=args.fast)
