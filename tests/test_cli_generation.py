@@ -4,6 +4,7 @@ error line with exit status 2 for each bad input."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from nextscale import save_pretrained
 from nextscale.cli import main
+from nextscale.sampling import SAMPLING_PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +122,7 @@ def test_sample_set_writes_pngs_settings_and_npz_and_resumes(files, tmp_path, ca
     assert "6 images" in capsys.readouterr().out
     assert len(list(out.glob("class*.png"))) == 6
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["sampling"] == {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "more_smooth": False}  # --preset fid
+    assert settings["sampling"] == asdict(SAMPLING_PRESETS["fid"])  # the default preset of sample-set
     assert settings["model"] == str(files / "model") and settings["classes"] == [0, 1, 2]
     with np.load(tmp_path / "fid.npz") as packed:
         first = packed["arr_0"]
