@@ -1,90 +1,103 @@
-"""Sampling throughput: VAR's next-scale loop (fp32 and bf16) against a next-token baseline of the same size.
+"""Next-scale (VAR) against next-token (raster) generation and training at equal model size, side by side.
 
-    python benchmarks/sampling_speed.py                                  # CPU-sized fmnist-small, batch 8
-    python benchmarks/sampling_speed.py --preset var-d16 --tokenizer vqvae-f16-c160 --batch-size 4  # released sizes
+    python benchmarks/sampling_speed.py                                     # the fmnist-small presets, batch 64
+    python benchmarks/sampling_speed.py --preset fmnist-tiny --batch-size 16 --repeats 5
 
-Weights are random (speed does not depend on them). The baseline runs the same transformer blocks one token at a
-time with a KV cache (raster-order autoregression over the same L tokens), i.e. what a GPT-style image generator of
-equal size pays; both include classifier-free guidance (2B rows). Printed figures are measured side by side in one run.
+Both models are this library's, with random weights (speed does not depend on them) and matched parameter counts:
+VAR on the 32-px Fashion-MNIST tokenizer's token space (6 scales, 130 tokens), the raster baseline on a one-scale
+tokenizer at the same finest grid (8×8 = 64 tokens, generated one by one). Sampling includes classifier-free
+guidance (2B rows), top-k/top-p and the tokenizer's decode, as a user runs it; training is one optimizer step
+(teacher-forced loss, backward, AdamW) on random tokens. Interleaved repeats; min and median are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
-from nextscale import TOKENIZER_PRESETS, VAR, VAR_PRESETS, Tokenizer, generate, tokenizer_preset, var_preset
+from nextscale import VAR, Tokenizer, TokenSpace, generate, tokenizer_preset, var_preset
+from nextscale.model.raster import RasterTransformer, raster_preset
+from nextscale.raster_sampling import generate_raster
+from nextscale.train.var_task import next_token_loss, teacher_forced_loss
 
 
-@torch.no_grad()
-def next_token_baseline(model: VAR, batch_size: int, dtype: torch.dtype | None) -> None:
-    """L single-token steps through the same blocks (KV cache, CFG rows), greedy: the transformer cost of
-    generating the same number of tokens one by one. The tokenizer decode is the same for both and left out."""
-    device = model.start_pos.device
-    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-    cond = model.class_embed(torch.cat((labels, torch.full_like(labels, model.num_classes))))
-    cache = model.new_cache()
-    x = model.start_tokens(cond)[:, :1]
-    cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
-    for position in range(model.schedule.total_length):
-        with cast:
-            logits = model.step(x, cond, cache)
-        token = logits[:batch_size, -1].argmax(-1)
-        embedding = model.token_embed.weight.new_zeros(batch_size, 1, model.token_space.latent_channels)
-        embedding[:, 0, 0] = token.float()  # stand-in input of the right shape; cost is what is measured
-        x = model.token_embed(embedding) + model.pos_embed[:, position : position + 1]
-        x = x.repeat(2, 1, 1)
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
+def interleaved(named: dict, repeats: int) -> dict[str, list[float]]:
+    for fn in named.values():  # warm-up
         fn()
-    return (time.perf_counter() - start) / repeats
+    times = {name: [] for name in named}
+    for _ in range(repeats):
+        for name, fn in named.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def training_step(model, tokenizer, token_maps, labels, loss_fn):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step():
+        loss, _ = loss_fn(model, token_maps, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="fmnist-small", choices=sorted(VAR_PRESETS), help="transformer preset")
-    parser.add_argument("--tokenizer", default="fmnist-32", choices=sorted(TOKENIZER_PRESETS), help="its tokenizer")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--preset", default="fmnist-small", help="VAR and raster preset of the same size")
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
+    device, B = args.device, args.batch_size
 
     torch.manual_seed(0)
-    tokenizer = Tokenizer(tokenizer_preset(args.tokenizer)).to(args.device).eval()
-    model = VAR(var_preset(args.preset), tokenizer.token_space).to(args.device).eval()
-    B = args.batch_size
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{args.preset}: {params:.1f}M parameters, {model.schedule.total_length} tokens in "
-          f"{model.schedule.num_scales} scales, {tokenizer.config.image_size} px, batch {B}, "
-          f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
+    var_tokenizer = Tokenizer(tokenizer_preset("fmnist-32")).to(device).eval()
+    raster_tokenizer = Tokenizer(tokenizer_preset("fmnist-32", patch_nums=(8,), num_phis=1)).to(device).eval()
+    var = VAR(var_preset(args.preset), var_tokenizer.token_space).to(device).eval()
+    raster = RasterTransformer(raster_preset(args.preset), raster_tokenizer.token_space).to(device).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    space: TokenSpace = var.token_space
+    print(f"{args.preset}: VAR {count(var):.2f}M parameters, {space.schedule.total_length} tokens in "
+          f"{space.schedule.num_scales} scales | raster {count(raster):.2f}M parameters, "
+          f"{raster.sequence_length} tokens | batch {B}, {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
 
-    rows = []
-    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        seconds = timed(
-            lambda dtype=dtype: generate(model, tokenizer, 0, batch_size=B, cfg=1.5, top_k=900, top_p=0.96, seed=0,
-                                         autocast_dtype=dtype),
-            args.repeats,
-        )  # fmt: skip
-        rows.append((f"VAR next-scale ({name})", seconds))
-        if not args.skip_baseline:
-            seconds = timed(lambda dtype=dtype: next_token_baseline(model, B, dtype), max(1, args.repeats // 3))
-            rows.append((f"next-token baseline ({name}, no decode)", seconds))
-    print(f"{'method':42s} {'s/batch':>9s} {'images/s':>9s}")
-    for name, seconds in rows:
-        print(f"{name:42s} {seconds:9.3f} {B / seconds:9.2f}")
-    var_bf16 = dict(rows)["VAR next-scale (bf16)"]
-    var_fp32 = dict(rows)["VAR next-scale (fp32)"]
-    print(f"bf16 / fp32 speed-up: {var_fp32 / var_bf16:.2f}x")
-    if not args.skip_baseline:
-        base = dict(rows)["next-token baseline (bf16, no decode)"]
-        print(f"VAR (bf16, with decode) vs next-token baseline (bf16, without decode): {base / var_bf16:.1f}x faster")
+    labels = [i % 10 for i in range(B)]
+    sampling = interleaved(
+        {
+            "VAR (next-scale)": lambda: generate(var, var_tokenizer, labels, "fid", seed=0),
+            "raster (next-token)": lambda: generate_raster(raster, raster_tokenizer, labels, "fid", seed=0),
+        },
+        args.repeats,
+    )
+    labels_B = torch.tensor(labels, device=device)
+    images = torch.rand(B, 3, 32, 32, device=device) * 2 - 1
+    with torch.no_grad():
+        var_maps, raster_maps = var_tokenizer.encode(images), raster_tokenizer.encode(images)
+    var.train(), raster.train()
+    training = interleaved(
+        {
+            "VAR (next-scale)": training_step(
+                var, var_tokenizer, var_maps, labels_B, lambda m, t, y: teacher_forced_loss(m, var_tokenizer, t, y)
+            ),
+            "raster (next-token)": training_step(raster, raster_tokenizer, raster_maps, labels_B, next_token_loss),
+        },
+        args.repeats,
+    )
+    print(f"{'':28s} {'min s':>8s} {'median s':>9s} {'images/s':>9s}")
+    for title, times in (("sampling (with decode)", sampling), ("training step", training)):
+        print(title)
+        for name, values in times.items():
+            print(f"  {name:26s} {min(values):8.3f} {statistics.median(values):9.3f} {B / min(values):9.1f}")
+    speedup = min(sampling["raster (next-token)"]) / min(sampling["VAR (next-scale)"])
+    print(f"VAR samples {speedup:.1f}x faster than the next-token baseline of the same size")
 
 
 if __name__ == "__main__":

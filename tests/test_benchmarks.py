@@ -17,3 +17,11 @@ def test_side_by_side_harness_runs_without_the_official_code():
     assert result.returncode == 0, result.stderr[-2000:]
     for row in ("sampling fp32 nextscale", "decoder fp32 nextscale", "fraction of matmul peak", "training fp32 d1"):
         assert row in result.stdout, result.stdout
+
+
+def test_next_scale_against_next_token_benchmark_runs():
+    command = [sys.executable, str(BENCHMARKS / "sampling_speed.py"), "--preset", "debug", "--batch-size", "2",
+               "--repeats", "1", "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "raster (next-token)" in result.stdout and "faster than the next-token baseline" in result.stdout
