@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from conftest import debug_pair
 from PIL import Image
@@ -148,3 +149,29 @@ def test_config_validation():
         SampleSetConfig("x", classes=(1, 1))
     with pytest.raises(ValueError, match="seed"):
         SampleSetConfig("x", seed=-1)
+
+
+def test_rejection_sampling_keeps_the_best_candidate_of_each_image(pipe, tmp_path):
+    """`rejection=M`: each written image is, among M candidates, the one the evaluation classifier gives the highest
+    probability of its class; the set has exactly the planned images, and a plain set is candidate-free."""
+    pytest.importorskip("safetensors")
+    from nextscale.eval.classifier import load_classifier
+    from nextscale.eval.rejection import classifier_scorer
+
+    try:
+        scorer = classifier_scorer(load_classifier())
+    except FileNotFoundError as missing:
+        pytest.skip(str(missing))
+    plain, chosen = tmp_path / "plain", tmp_path / "re"
+    generate_sample_set(pipe, _config(plain), progress=False)
+    generate_sample_set(pipe, _config(chosen, rejection=4), progress=False)
+    assert sorted(p.name for p in chosen.glob("*.png")) == sorted(p.name for p in plain.glob("*.png"))
+    assert json.loads((chosen / "settings.json").read_text())["rejection"] == 4
+
+    def mean_score(folder: Path) -> float:
+        names = sorted(folder.glob("*.png"))
+        images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1).float() / 255 for p in names])
+        labels = torch.tensor([int(p.name[5:9]) for p in names])
+        return float(scorer(images, labels).mean())
+
+    assert mean_score(chosen) > mean_score(plain)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 
-from nextscale.cli import ablation, demo, generate, scaling, train
+from nextscale.cli import ablation, demo, evaluation, generate, scaling, train
 from nextscale.cli.common import HelpFormatter, OneLineParser, UsageError
 
 __all__ = ["UsageError", "build_parser", "main"]
 
-COMMAND_MODULES = (generate, train, scaling, ablation, demo)
+COMMAND_MODULES = (generate, train, evaluation, scaling, ablation, demo)
 
 
 def build_parser() -> OneLineParser:

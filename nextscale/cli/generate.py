@@ -56,6 +56,13 @@ def add_commands(commands) -> None:
     p.add_argument("--classes", help="ids and ranges such as 0-999 or 1,5,7 (default: every class)")
     p.add_argument("--batch-size", type=int, default=64, help="part of the recipe: a resumed run must keep it")
     p.add_argument("--out", default="samples", help="folder of PNGs; rerun the same command to resume")
+    p.add_argument(
+        "--rejection",
+        type=int,
+        default=1,
+        help="candidates per image; > 1 keeps the one the Fashion-MNIST evaluation classifier scores highest for its "
+        "class (the paper's -re rows; costs that many times the sampling)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -127,6 +134,7 @@ def cmd_sample_set(args) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         settings=sampling_settings(args),
+        rejection=args.rejection,
     )
     context = setup_distributed()
     try:

@@ -52,8 +52,11 @@ class SampleSetConfig:
     batch_size: int = 64  # part of the recipe: another batch size gives other images
     seed: int = 0  # base seed, ≥ 0
     settings: SamplingSettings = field(default_factory=lambda: SAMPLING_PRESETS["fid"])
+    rejection: int = 1  # > 1: draw this many candidates per image, keep the one the classifier likes best ("-re")
 
     def __post_init__(self) -> None:
+        if self.rejection < 1:
+            raise ValueError(f"rejection (candidates per image) must be ≥ 1, got {self.rejection}")
         if self.per_class <= 0:
             raise ValueError(f"per_class must be positive, got {self.per_class}")
         if not 0 < self.batch_size <= MAX_BATCH_SIZE:
@@ -157,6 +160,7 @@ def settings_record(pipeline: Pipeline, config: SampleSetConfig) -> dict:
         "num_images": len(classes) * config.per_class,
         "seed": config.seed,
         "batch_size": config.batch_size,
+        "rejection": config.rejection,
         "seeding": "batch b = images b*batch_size… of the class-major list, generated with seed*1000000 + b",
         "naming": "class{class:04d}_seed{batch seed:07d}_row{row in batch:04d}.png",
         "library_version": __version__,
@@ -195,9 +199,26 @@ def save_png(image: Image.Image, path: Path, rank: int = 0) -> None:
     os.replace(temporary, path)
 
 
-def regenerate_batch(pipeline: Pipeline, batch: Batch, settings: SamplingSettings) -> torch.Tensor:
-    """One batch's images, (bs, 3, H, W) in [0, 1]: the same call a sample-set run makes."""
-    return pipeline.generate(list(batch.labels), seed=batch.seed, output_type="pt", **asdict(settings))
+def regenerate_batch(pipeline: Pipeline, batch: Batch, settings: SamplingSettings, rejection: int = 1) -> torch.Tensor:
+    """One batch's images, (bs, 3, H, W) in [0, 1]: the same call a sample-set run makes. With `rejection` > 1,
+    each image is the best of that many candidates by the Fashion-MNIST evaluation classifier (the paper's "-re")."""
+    if rejection == 1:
+        return pipeline.generate(list(batch.labels), seed=batch.seed, settings=settings)
+    from nextscale.eval.classifier import load_classifier
+    from nextscale.eval.rejection import classifier_scorer, rejection_sample
+
+    classifier = load_classifier(device=pipeline.device)
+    if pipeline.num_classes != classifier.config.num_classes:
+        raise ValueError(
+            f"rejection sampling scores with the Fashion-MNIST classifier ({classifier.config.num_classes} classes); "
+            f"this model has {pipeline.num_classes}"
+        )
+    draw = lambda labels, seed: pipeline.generate(labels, seed=seed, settings=settings)  # noqa: E731
+    result = rejection_sample(
+        draw, batch.labels, classifier_scorer(classifier), candidates=rejection, seed=batch.seed,
+        batch_size=len(batch.labels), progress=False,
+    )  # fmt: skip
+    return result.images_N3HW
 
 
 def generate_sample_set(
@@ -229,7 +250,7 @@ def generate_sample_set(
     written = 0
     with bar:
         for batch in run:
-            images = to_pil(regenerate_batch(pipeline, batch, config.settings))
+            images = to_pil(regenerate_batch(pipeline, batch, config.settings, config.rejection))
             for name, image in zip(batch.names, images):
                 save_png(image, out_dir / name, rank)
             written += len(batch.names)
