@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from nextscale.config_io import config_from_dict, config_to_dict
 from nextscale.model.config import VARConfig
@@ -30,7 +29,7 @@ from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
-from nextscale.weights import CheckpointError, load_strict, read_safetensors
+from nextscale.weights import CheckpointError, load_strict, read_safetensors, write_safetensors
 
 FORMAT_VERSION = 2
 # models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist
@@ -74,7 +73,7 @@ def save_part(module: Tokenizer | torch.nn.Module, directory: str | os.PathLike)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE))
+    write_safetensors(state, directory / WEIGHTS_FILE)
     if isinstance(module, Tokenizer):
         config = config_to_dict(module.config)
     else:

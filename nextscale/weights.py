@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -68,6 +68,16 @@ def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path} is damaged or not a safetensors file ({reason})") from None
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """safetensors' save_file, with the file given the user's usual permissions (the library writes it 0600)."""
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)
+    return path
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from nextscale.weights import CheckpointError
+from nextscale.weights import CheckpointError, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _tensors_for_safetensors(tensors: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file(_tensors_for_safetensors(tensors), str(path), metadata={"format": "pt"})
+    write_safetensors(_tensors_for_safetensors(tensors), path, metadata={"format": "pt"})
     _fsync_path(path)
 
 

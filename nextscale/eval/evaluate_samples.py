@@ -1,0 +1,132 @@
+"""`nextscale eval-samples`: FID, IS, KID, precision/recall and class accuracy of a sample set against a reference.
+
+    samples    a folder of images or an .npz (image_sets.py)
+    reference  fashion-mnist:test | fashion-mnist:train (loaded at the samples' size) | a folder | an .npz
+    features   fmnist (the shipped Fashion-MNIST classifier) | inception (InceptionV3, optionally from a local file)
+
+The reference's features and statistics come from the cache (reference_cache.py). IS and class accuracy use the
+feature network's logits; class accuracy needs labels (sample-set file names or an .npz `labels` array) and a network
+whose classes are the samples' (fmnist), and is None otherwise. Paper-comparable ImageNet figures: `--features
+inception` here, or the OpenAI evaluator (guided-diffusion `evaluations/evaluator.py`) on the .npz `sample-set` writes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from nextscale.eval.feature_networks import build_feature_network, extract_features
+from nextscale.eval.fidelity_metrics import (
+    class_accuracy,
+    frechet_distance,
+    gaussian_statistics,
+    inception_score,
+    kernel_distance,
+    precision_recall,
+)
+from nextscale.eval.image_sets import load_image_set, load_reference
+from nextscale.eval.reference_cache import reference_features
+
+TABLE_ROWS = (
+    ("fid", "FID", "{:.3f}"),
+    ("inception_score", "Inception Score", "{:.3f}"),
+    ("kid", "KID", "{:.5f}"),
+    ("precision", "precision", "{:.4f}"),
+    ("recall", "recall", "{:.4f}"),
+    ("class_accuracy", "class accuracy", "{:.4f}"),
+    ("num_samples", "samples", "{}"),
+    ("num_reference", "reference images", "{}"),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    samples: str  # folder of images or .npz
+    reference: str = "fashion-mnist:test"
+    features: str = "fmnist"  # "fmnist" or "inception"
+    inception_weights: str | None = None  # local InceptionV3 state dict (.pth); None: torch-fidelity downloads it
+    classifier_weights: str | None = None  # None: the classifier shipped with nextscale
+    data_root: str | None = None  # folder of the Fashion-MNIST IDX files; None: the data module's default
+    cache_dir: str | None = None  # None: reference_cache.default_cache_dir()
+    use_cache: bool = True
+    batch_size: int = 100
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.features != "inception" and self.inception_weights is not None:
+            raise ValueError("--inception-weights needs --features inception")
+
+
+def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
+    """The metrics as a JSON-ready dict (see TABLE_ROWS; `_std`: the spread over IS splits and KID subsets)."""
+    started = time.perf_counter()
+    samples = load_image_set(config.samples, "--samples")
+    if samples.height != samples.width and config.reference.startswith("fashion-mnist"):
+        raise ValueError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
+    reference = load_reference(config.reference, samples.height, config.data_root, "--reference")
+    network = build_feature_network(
+        config.features,
+        inception_weights=config.inception_weights,
+        classifier_weights=config.classifier_weights,
+        device=config.device,
+    )
+    cached = reference_features(
+        reference,
+        network,
+        cache_dir=config.cache_dir,
+        use_cache=config.use_cache,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    extraction_started = time.perf_counter()
+    sample_features = extract_features(network, samples, config.batch_size, progress)
+    extraction_seconds = time.perf_counter() - extraction_started
+    fid = frechet_distance(gaussian_statistics(sample_features.features_ND), cached.statistics)
+    is_mean, is_std = inception_score(sample_features.logits_NV, splits=min(10, len(sample_features)))
+    kid_mean, kid_std = kernel_distance(sample_features.features_ND, cached.features.features_ND)
+    precision, recall = precision_recall(sample_features.features_ND, cached.features.features_ND)
+    accuracy = None
+    if network.classifies_labels and sample_features.labels_N is not None:
+        num_classes = sample_features.logits_NV.shape[1]
+        if int(sample_features.labels_N.max()) < num_classes:
+            accuracy = class_accuracy(sample_features.logits_NV, sample_features.labels_N)
+    return {
+        "fid": fid,
+        "inception_score": is_mean,
+        "inception_score_std": is_std,
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+        "class_accuracy": accuracy,
+        "num_samples": samples.num_images,
+        "num_reference": reference.num_images,
+        "features": network.name,
+        "feature_weights": network.weights_id,
+        "samples": os.fspath(config.samples),
+        "reference": config.reference,
+        "image_size": [samples.height, samples.width],
+        "reference_from_cache": cached.from_cache,
+        "reference_cache_file": os.fspath(cached.cache_file) if cached.cache_file else None,
+        "feature_images_per_second": round(samples.num_images / max(extraction_seconds, 1e-9), 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def format_table(result: dict) -> str:
+    """A two-column text table of the main figures."""
+    title = f"{result['samples']} vs {result['reference']} ({result['features']} features)"
+    lines = [title, "-" * len(title)]
+    for key, label, form in TABLE_ROWS:
+        value = result.get(key)
+        shown = "n/a" if value is None else form.format(value)
+        if key in ("inception_score", "kid") and value is not None:
+            shown += f" ± {form.format(result[key + '_std'])}"
+        lines.append(f"{label:<18} {shown}")
+    return "\n".join(lines)

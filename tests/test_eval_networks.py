@@ -1,0 +1,237 @@
+"""The feature networks on real images: the shipped Fashion-MNIST classifier (accuracy, FID growing with noise,
+rejection sampling), InceptionV3 from a locally made weights file (no network access), and the reference cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torch_fidelity")
+
+from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNIST  # noqa: E402
+from nextscale.data.procedural import ProceduralShapes  # noqa: E402
+from nextscale.eval.classifier import SHIPPED_WEIGHTS, load_classifier, save_classifier  # noqa: E402
+from nextscale.eval.evaluate_samples import EvaluationConfig, evaluate_samples  # noqa: E402
+from nextscale.eval.feature_networks import ClassifierNetwork, InceptionNetwork, extract_features  # noqa: E402
+from nextscale.eval.fidelity_metrics import frechet_distance, gaussian_statistics  # noqa: E402
+from nextscale.eval.image_sets import images_set, load_image_set  # noqa: E402
+from nextscale.eval.reference_cache import cache_file_for, reference_features, reference_key  # noqa: E402
+from nextscale.eval.rejection import classifier_scorer, rejection_sample  # noqa: E402
+
+HAS_FASHION_MNIST = DEFAULT_FASHION_MNIST_ROOT.is_dir()
+
+
+def real_images(count: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (count, 32, 32, 3) and labels: Fashion-MNIST test images when installed, else the procedural set."""
+    if HAS_FASHION_MNIST:
+        dataset = FashionMNIST("test", 32)
+        gray_NSS = dataset.images_NSS[offset : offset + count].numpy()
+        return np.repeat(gray_NSS[..., None], 3, axis=-1), dataset.labels_N[offset : offset + count].numpy()
+    dataset = ProceduralShapes(offset + count, 32, seed=0)
+    items = [dataset[i] for i in range(offset, offset + count)]
+    images_N3HW = torch.stack([image for image, _ in items])
+    pixels = ((images_N3HW + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return pixels, np.array([label for _, label in items])
+
+
+def write_npz(path: Path, images_NHW3: np.ndarray, labels_N: np.ndarray | None = None) -> Path:
+    arrays = {"arr_0": images_NHW3} if labels_N is None else {"arr_0": images_NHW3, "labels": labels_N}
+    np.savez(path, **arrays)
+    return path
+
+
+# ---- Fashion-MNIST classifier ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason=f"{DEFAULT_FASHION_MNIST_ROOT} missing")
+def test_shipped_classifier_classifies_test_images_at_28_and_32_px():
+    classifier = load_classifier()
+    for size in (28, 32):
+        dataset = FashionMNIST("test", size)
+        gray_N1SS = dataset.images_NSS[:2000, None].float() / 127.5 - 1
+        for images in (gray_N1SS, gray_N1SS.expand(-1, 3, -1, -1)):  # grayscale and RGB input
+            with torch.no_grad():
+                accuracy = (classifier(images).argmax(1) == dataset.labels_N[:2000]).float().mean()
+            assert accuracy > 0.92, (size, images.shape[1], float(accuracy))
+
+
+def test_fid_grows_monotonically_with_noise():
+    network = ClassifierNetwork()
+    reference, _ = real_images(1000)
+    clean, _ = real_images(1000, offset=1000)
+    reference_statistics = gaussian_statistics(
+        extract_features(network, images_set(reference), progress=False).features_ND
+    )
+    generator = np.random.default_rng(0)
+    noise = generator.normal(size=clean.shape)
+    distances = []
+    for strength in (0.0, 0.05, 0.1, 0.2, 0.4):  # noise standard deviation in units of the [-1, 1] range
+        noisy = np.clip(clean + noise * strength * 127.5, 0, 255).round().astype(np.uint8)
+        features = extract_features(network, images_set(noisy), progress=False).features_ND
+        distances.append(frechet_distance(gaussian_statistics(features), reference_statistics))
+    assert all(a < b for a, b in zip(distances, distances[1:])), distances
+
+
+def test_rejection_sampling_keeps_the_requested_count_and_raises_confidence():
+    pool, pool_labels = real_images(600)
+    by_class = {c: np.flatnonzero(pool_labels == c) for c in range(10)}
+
+    def draw(labels: list[int], seed: int) -> torch.Tensor:
+        """A stand-in generator made of real images: half the draws show the requested class, half a random one."""
+        generator = np.random.default_rng(seed)
+        chosen = []
+        for label in labels:
+            cls = label if generator.random() < 0.5 else int(generator.integers(10))
+            chosen.append(generator.choice(by_class[cls]))
+        return torch.from_numpy(pool[chosen]).permute(0, 3, 1, 2).float() / 255
+
+    scorer = classifier_scorer(load_classifier())
+    labels = [i % 10 for i in range(23)]  # not a multiple of the batch size
+    result = rejection_sample(draw, labels, scorer, candidates=4, seed=3, batch_size=8, progress=False)
+    assert result.images_N3HW.shape == (23, 3, 32, 32)
+    assert result.labels_N.tolist() == labels
+    assert result.scores_N.mean() > result.first_scores_N.mean() + 0.1
+    assert bool((result.scores_N >= result.first_scores_N).all())
+    rescored = scorer(result.images_N3HW, result.labels_N)
+    torch.testing.assert_close(rescored, result.scores_N)  # the kept images are the ones that earned the scores
+    plain = rejection_sample(draw, labels, scorer, candidates=1, seed=3, batch_size=8, progress=False)
+    torch.testing.assert_close(plain.scores_N, result.first_scores_N)  # candidate 0 is plain sampling
+    with pytest.raises(ValueError, match="candidates"):
+        rejection_sample(draw, labels, scorer, candidates=0)
+
+
+# ---- InceptionV3 from a local weights file ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory) -> Path:
+    """torch-fidelity's InceptionV3 with random weights and batch-norm statistics calibrated on random images (so
+    activations neither vanish nor explode), saved as the state-dict file a user would pass."""
+    import torch_fidelity
+
+    folder = tmp_path_factory.mktemp("inception")
+    placeholder = folder / "empty.pth"
+    torch.save({}, placeholder)
+    network = torch_fidelity.FeatureExtractorInceptionV3.__new__(torch_fidelity.FeatureExtractorInceptionV3)
+    network.load_state_dict = lambda state: None  # the constructor loads weights; these are made below instead
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        network.__init__("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(placeholder))
+        del network.load_state_dict
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # running statistics = the average over the calibration batch
+        network.train()
+        with torch.no_grad():
+            network(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
+    path = folder / "inception_random.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_inception_path_end_to_end_from_a_local_weights_file(random_inception_weights, tmp_path):
+    from PIL import Image
+
+    images, labels = real_images(16)
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for index in range(8):
+        Image.fromarray(images[index]).save(samples / f"class{labels[index]:04d}_seed0000000_row{index:04d}.png")
+    reference = write_npz(tmp_path / "reference.npz", images[8:])
+
+    network = InceptionNetwork(random_inception_weights)
+    first = extract_features(network, load_image_set(samples), batch_size=4, progress=False)
+    assert first.features_ND.shape == (8, 2048) and first.logits_NV.shape == (8, 1008)
+    assert torch.isfinite(first.features_ND).all() and first.features_ND.std(0).mean() > 0
+    again = extract_features(InceptionNetwork(random_inception_weights), load_image_set(samples), progress=False)
+    torch.testing.assert_close(again.features_ND, first.features_ND)
+
+    config = EvaluationConfig(
+        samples=str(samples),
+        reference=str(reference),
+        features="inception",
+        inception_weights=str(random_inception_weights),
+        cache_dir=str(tmp_path / "cache"),
+        batch_size=8,
+    )
+    result = evaluate_samples(config, progress=False)
+    assert result["features"] == "inception" and result["num_samples"] == 8 and result["num_reference"] == 8
+    assert result["class_accuracy"] is None  # Inception's classes are not the samples' class ids
+    for key in ("fid", "inception_score", "kid", "precision", "recall"):
+        assert np.isfinite(result[key]), key
+    assert result["fid"] > -1e-3 and result["inception_score"] >= 1 - 1e-6
+
+    broken = tmp_path / "broken.pth"
+    state = torch.load(random_inception_weights, weights_only=True)
+    del state["fc.bias"]
+    torch.save(state, broken)
+    with pytest.raises(ValueError, match="not InceptionV3 weights") as error:
+        InceptionNetwork(broken)
+    assert "\n" not in str(error.value)
+
+
+# ---- reference cache --------------------------------------------------------------------------------------------------
+
+
+def test_cached_reference_features_are_reused_and_invalidated_by_their_key(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    images, labels = real_images(200)
+    reference_path = write_npz(tmp_path / "reference.npz", images, labels)
+    network = ClassifierNetwork()
+    cache = tmp_path / "cache"
+
+    first = reference_features(load_image_set(reference_path), network, cache_dir=cache, progress=False)
+    assert not first.from_cache and first.cache_file.is_file()
+    second = reference_features(load_image_set(reference_path), network, cache_dir=cache, progress=False)
+    assert second.from_cache and second.cache_file == first.cache_file
+    torch.testing.assert_close(second.features.features_ND, first.features.features_ND, rtol=0, atol=0)
+    torch.testing.assert_close(second.features.labels_N, torch.from_numpy(labels).long())
+
+    # reuse is real: a marked cache file (same key) comes back as stored, without recomputation
+    with __import__("safetensors").safe_open(str(first.cache_file), framework="pt") as file:
+        metadata = file.metadata()
+    tensors = load_file(str(first.cache_file))
+    tensors["features_ND"] = torch.full_like(tensors["features_ND"], 7.0)
+    save_file(tensors, str(first.cache_file), metadata=metadata)
+    marked = reference_features(load_image_set(reference_path), network, cache_dir=cache, progress=False)
+    assert marked.from_cache and bool((marked.features.features_ND == 7).all())
+
+    # other weights: another key, recomputed
+    other_weights = tmp_path / "other.safetensors"
+    classifier = load_classifier()
+    with torch.no_grad():
+        classifier.hidden.bias.add_(0.5)
+    save_classifier(classifier, other_weights)
+    other = reference_features(
+        load_image_set(reference_path), ClassifierNetwork(other_weights), cache_dir=cache, progress=False
+    )
+    assert not other.from_cache and other.cache_file != first.cache_file
+
+    # other content of the reference file: recomputed (and the marked features are gone)
+    write_npz(reference_path, images[::-1].copy(), labels[::-1].copy())
+    changed = reference_features(load_image_set(reference_path), network, cache_dir=cache, progress=False)
+    assert not changed.from_cache and not bool((changed.features.features_ND == 7).all())
+    torch.testing.assert_close(changed.features.features_ND, first.features.features_ND.flip(0), rtol=1e-4, atol=1e-4)
+
+
+def test_reference_key_changes_with_each_of_its_parts():
+    class Network:
+        name, weights_id = "fmnist", "abc"
+
+    def key_file(split="test", size=32, name="fmnist", weights="abc"):
+        image_set = images_set(np.zeros((2, size, size, 3), np.uint8))
+        image_set.fingerprint = {"dataset": "fashion-mnist", "split": split, "root": "/data"}
+        network = Network()
+        network.name, network.weights_id = name, weights
+        return cache_file_for(reference_key(image_set, network), "/cache")
+
+    base = key_file()
+    assert key_file() == base
+    changed = [key_file(split="train"), key_file(size=28), key_file(name="inception"), key_file(weights="abd")]
+    assert len({base, *changed}) == 5
+    assert SHIPPED_WEIGHTS.is_file()
