@@ -20,6 +20,7 @@ import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,12 @@ import nextscale  # noqa: E402
 from nextscale import cli  # noqa: E402
 from nextscale.cli import demo as demo_cli  # noqa: E402
 from nextscale.data.procedural import PROCEDURAL_CLASSES  # noqa: E402
-from nextscale.demo.engine import ModelSource  # noqa: E402
+from nextscale.demo.examples import examples_from_metadata  # noqa: E402
+from nextscale.demo.model import ModelSource  # noqa: E402
 from nextscale.demo.server import DEFAULT_HOST, DEFAULT_PORT, run_demo, start_demo  # noqa: E402
 from nextscale.images import make_grid  # noqa: E402
+from nextscale.model.raster import RasterTransformer, raster_preset  # noqa: E402
+from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = list(PROCEDURAL_CLASSES[:10])
@@ -127,8 +131,10 @@ def test_info_describes_the_model_and_offers_test_images(server):
     assert status == 200
     assert (info["image_size"], info["token_side"], info["scales"]) == (8, 4, [1, 2, 3, 4])
     assert info["class_names"] == CLASSES and info["num_classes"] == 10
-    assert info["defaults"]["sample"] == {"cfg": 4.0, "top_k": 900, "top_p": 0.95, "more_smooth": False}
-    assert info["defaults"]["edit"]["cfg"] == 3.0
+    # the forms start from the model's sampling settings (the "demo" preset) and from the editing preset
+    assert info["defaults"]["sample"] == asdict(nextscale.SamplingSettings.preset("demo"))
+    assert info["defaults"]["sample"]["cfg"] == 4.0 and info["defaults"]["sample"]["top_k"] == 900
+    assert info["defaults"]["edit"] == asdict(nextscale.SamplingSettings.preset("edit"))
     # one test image of each class, from the procedural data recorded in the model's nextscale.json
     assert [example["label"] for example in info["examples"]] == list(range(10))
     for example in info["examples"]:
@@ -138,6 +144,27 @@ def test_info_describes_the_model_and_offers_test_images(server):
     image_3HW, label = test_set[0]
     expected = nextscale.images.to_uint8(image_3HW.add(1).mul(0.5)[None])[0].numpy()
     assert np.array_equal(picture(info["examples"][label]["image"]), expected)
+
+
+def test_fashion_mnist_models_offer_real_test_images(tmp_path):
+    """A Fashion-MNIST model gets the first test image of each class, also when the folder it was trained from is
+    gone (then from the Debian package's place)."""
+    from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES
+
+    if not DEFAULT_FASHION_MNIST_ROOT.is_dir():
+        pytest.skip(f"Fashion-MNIST is not in {DEFAULT_FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)")
+    data = {"name": "fashion-mnist", "image_size": 32, "root": str(tmp_path / "gone")}
+    examples = examples_from_metadata({"trained_with": {"data": data}}, image_size=16)
+    assert [example.label for example in examples] == list(range(10))
+    test_set = nextscale.data.build.build_dataset("fashion-mnist", "test", 32)
+    for example in examples:
+        index = int(re.fullmatch(r"test image (\d+) \((.+)\)", example.name)[1])
+        assert example.name.endswith(f"({FASHION_MNIST_CLASSES[example.label]})")
+        image_3HW, label = test_set[index]
+        assert label == example.label and example.image.size == (16, 16)
+        full = nextscale.images.to_pil(image_3HW.add(1).mul(0.5)[None])[0]
+        assert np.array_equal(np.array(example.image), np.array(full.resize((16, 16), Image.Resampling.LANCZOS)))
+    assert examples_from_metadata({}, 32) == []
 
 
 def test_page_loads_nothing_from_elsewhere(server):
@@ -200,23 +227,38 @@ def test_concurrent_requests_wait_their_turn(server):
     assert together == alone
 
 
-def test_sample_is_what_the_pipeline_draws(server, model_dir):
+@pytest.mark.parametrize("prune_ratio", [0.0, 0.5])
+def test_sample_is_what_the_pipeline_draws(server, model_dir, prune_ratio):
     body = {"classes": [2, 7], "per_class": 1, "seed": 5, "cfg": 2.5, "top_k": 20, "top_p": 0.9, "more_smooth": True}
+    body.update(prune_ratio=prune_ratio, prune_scales=2)
     done = events(server.url + "api/sample", body)[-1]
     pipeline = nextscale.Pipeline.from_pretrained(model_dir)
-    settings = nextscale.SamplingSettings(cfg=2.5, top_k=20, top_p=0.9, more_smooth=True)
+    settings = nextscale.SamplingSettings(
+        cfg=2.5, top_k=20, top_p=0.9, more_smooth=True, prune_ratio=prune_ratio, prune_scales=2
+    )
     expected = pipeline.generate([2, 7], seed=5, settings=settings)
     assert [picture(url).tobytes() for url in done["images"]] == [
         array.numpy().tobytes() for array in nextscale.images.to_uint8(expected)
     ]
     shown = done["settings"]
-    assert {key: shown[key] for key in ("cfg", "top_k", "top_p", "more_smooth", "seed", "classes", "per_class")} == body
+    assert {key: shown[key] for key in body} == body
+    # the command line names pruning only when it is on (the presets have it off; 2 scales is their default)
+    assert ("--prune-ratio 0.5" in done["command"]) == (prune_ratio > 0)
+    assert "--prune-scales" not in done["command"]
+
+
+def test_pruning_changes_the_images(server):
+    body = {"classes": [3], "per_class": 2, "seed": 6, "previews": False}
+    plain = events(server.url + "api/sample", body)[-1]["images"]
+    pruned = events(server.url + "api/sample", {**body, "prune_ratio": 0.8, "prune_scales": 2})[-1]["images"]
+    assert plain != pruned
 
 
 def test_the_command_line_shown_reproduces_the_samples(server, tmp_path, monkeypatch):
     body = {"classes": [1, 3], "per_class": 2, "seed": 8, "cfg": 1.5, "top_k": 0, "top_p": 0.0}
-    done = events(server.url + "api/sample", body)[-1]
+    done = events(server.url + "api/sample", {**body, "prune_ratio": 0.5, "prune_scales": 3})[-1]
     argv = shlex.split(done["command"])
+    assert argv[argv.index("--prune-ratio") + 1] == "0.5" and argv[argv.index("--prune-scales") + 1] == "3"
     assert argv[:2] == ["nextscale", "sample"] and argv[argv.index("--device") + 1] == "cpu"
     argv[argv.index("--out") + 1] = str(tmp_path / "grid.png")
     assert run_cli(argv[1:], monkeypatch) == 0
@@ -295,6 +337,8 @@ BAD_REQUESTS = {
     "top-p above 1": ("sample", {"classes": [0], "top_p": 1.5}, "top_p must be in [0, 1]"),
     "top-k fractional": ("sample", {"classes": [0], "top_k": 2.5}, "top_k must be an integer"),
     "negative seed": ("sample", {"classes": [0], "seed": -3}, "seed must be an integer"),
+    "pruning everything": ("sample", {"classes": [0], "prune_ratio": 1.0}, "prune_ratio must be in [0, 0.95]"),
+    "pruning no scale": ("sample", {"classes": [0], "prune_scales": 0}, "prune_scales must be an integer in [1, 4]"),
     "unknown field": ("sample", {"classes": [0], "temperature": 2}, "unknown field(s) temperature"),
     "non-image upload": ("image", {"image": NOT_AN_IMAGE}, "is not an image this server can read"),
     "upload not a data URL": ("image", {"image": "C:/cat.png"}, "not a base64 data URL"),
@@ -371,6 +415,21 @@ def test_official_checkpoints(tmp_path):
         running.stop()
 
 
+def test_a_shipped_model_by_name(model_dir, monkeypatch):
+    """`--model NAME` of a model shipped with the library: its test images are offered and the command lines name it
+    (the registry entry here points at the debug model; real entries are folders inside the package)."""
+    monkeypatch.setitem(nextscale.pretrained.SHIPPED_MODELS, "debug-shipped", str(model_dir))
+    running = start_demo(ModelSource(model="debug-shipped"))
+    try:
+        info = json.loads(request(running.url + "api/info")[2])
+        assert info["model"] == "debug-shipped" and len(info["examples"]) == 10
+        done = events(running.url + "api/sample", {"classes": [0], "per_class": 1, "previews": False})[-1]
+        argv = shlex.split(done["command"])
+        assert argv[argv.index("--model") + 1] == "debug-shipped"
+    finally:
+        running.stop()
+
+
 WITHOUT_THE_EXTRA = """
 import importlib.abc, sys
 class Absent(importlib.abc.MetaPathFinder):  # as if starlette and uvicorn were not installed
@@ -425,7 +484,15 @@ def test_demo_command_serves_until_interrupted(model_dir):
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
 
 
+def save_raster_model(directory: Path) -> Path:
+    """A next-token (raster) baseline model directory: it samples token by token, so the demo refuses it."""
+    tokenizer = Tokenizer(tokenizer_preset("debug", patch_nums=(4,))).eval()
+    model = RasterTransformer(raster_preset("debug"), tokenizer.token_space).eval()
+    return nextscale.save_pretrained(directory, tokenizer, model)
+
+
 def test_demo_command_errors_are_one_line(model_dir, tmp_path, monkeypatch, capsys):
+    raster_dir = save_raster_model(tmp_path / "raster")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -436,6 +503,7 @@ def test_demo_command_errors_are_one_line(model_dir, tmp_path, monkeypatch, caps
             ("--model", str(model_dir), "--port", "70000"): "--port 70000",
             ("--model", str(model_dir), "--port", port): f"cannot listen on 127.0.0.1:{port}",
             ("--model", str(model_dir), "--max-images", "0"): "--max-images must be positive",
+            ("--model", str(raster_dir)): "this model is a RasterTransformer, not a VAR",
         }
         for argv, message in cases.items():
             assert run_cli(["demo", *argv, "--device", "cpu"], monkeypatch) == 2

@@ -30,7 +30,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from test_demo_api import save_debug_model  # noqa: E402
 
 import nextscale  # noqa: E402
-from nextscale.demo.engine import ModelSource  # noqa: E402
+from nextscale.demo.model import ModelSource  # noqa: E402
 from nextscale.demo.server import start_demo  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -167,8 +167,15 @@ def test_bad_input_shows_the_servers_message(page, tmp_path):
     assert run_and_wait(driver, "sample") == "error"
     assert by_id(driver, "error").is_displayed() and "cfg must be in [0, 20], got 1000" in by_id(driver, "error").text
     set_value(driver, "sample-cfg", 4)
+    driver.find_element(By.CSS_SELECTOR, "#sample-form details.more summary").click()  # the pruning fields
+    assert by_id(driver, "sample-prune-ratio").get_attribute("value") == "0"
+    set_value(driver, "sample-prune-ratio", 1)
+    assert run_and_wait(driver, "sample") == "error"
+    assert "prune_ratio must be in [0, 0.95], got 1" in by_id(driver, "error").text
+    set_value(driver, "sample-prune-ratio", 0.5)
     assert run_and_wait(driver, "sample") == "done"
     assert not by_id(driver, "error").is_displayed()
+    assert "--prune-ratio 0.5" in by_id(driver, "sample-command").text
 
     by_id(driver, "tab-edit").click()
     text_file = tmp_path / "notes.png"

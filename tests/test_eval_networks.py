@@ -174,7 +174,7 @@ def test_inception_path_end_to_end_from_a_local_weights_file(random_inception_we
     assert "\n" not in str(error.value)
 
 
-# ---- reference cache --------------------------------------------------------------------------------------------------
+# ---- reference cache -------------------------------------------------------------------------------------------------
 
 
 def test_cached_reference_features_are_reused_and_invalidated_by_their_key(tmp_path):

@@ -1,6 +1,7 @@
 """A screenshot of the demo page (`nextscale demo`), taken by headless Chromium after a sampling run and an edit.
 
-    python docs/scripts/demo_screenshot.py --model runs/fmnist/var/model --out docs/demo.png
+    python docs/scripts/demo_screenshot.py --model fmnist --out docs/demo.png    # the shipped model
+    python docs/scripts/demo_screenshot.py --model runs/fmnist/var/model --out demo.png
     python docs/scripts/demo_screenshot.py --vae vae.pth --var var_d16.pth --classes 207 360 --out demo.png
 
 Needs the demo extra, selenium, and the Debian packages chromium and chromium-driver (nothing is downloaded). The
@@ -24,7 +25,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from nextscale.demo.engine import ModelSource
+from nextscale.demo.model import ModelSource
 from nextscale.demo.server import start_demo
 
 CHROMIUM_FLAGS = (

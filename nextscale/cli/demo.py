@@ -30,7 +30,7 @@ def add_commands(commands) -> None:
 
 def cmd_demo(args) -> None:
     try:
-        from nextscale.demo.engine import ModelSource
+        from nextscale.demo.model import DemoModel, ModelSource
         from nextscale.demo.requests import DemoLimits
         from nextscale.demo.server import build_engine, serve
     except ImportError as err:
@@ -50,5 +50,5 @@ def cmd_demo(args) -> None:
         bf16=args.bf16,
         fast=args.fast,
     )
-    engine = build_engine(source, DemoLimits(max_images=args.max_images), pipeline)
+    engine = build_engine(source, DemoLimits(max_images=args.max_images), DemoModel(pipeline))
     serve(engine, args.host, args.port, args.open, time.perf_counter() - started)

@@ -1,7 +1,9 @@
 """`nextscale demo`: a local web page for class-conditional sampling and zero-shot editing, served from this machine.
 
     pip install -e ".[demo]"
-    nextscale demo --model runs/var/model          # or --vae vae.pth --var var_d16.pth; then open the printed URL
+    nextscale demo --model fmnist                  # the shipped model; then open the printed URL
+    nextscale demo --model runs/var/model          # a trained model directory
+    nextscale demo --vae vae.pth --var var_d16.pth # the released ImageNet checkpoints
 
 Why a small Starlette app with one static page, and not Gradio: the page must work offline with no external resource
 (no CDN, no remote fonts) and be driven by a real browser in CI within seconds. One hand-written HTML/JS/CSS page has
@@ -11,8 +13,10 @@ and a websocket protocol to wait on, for two forms and a canvas. The Python side
 streaming responses) and `uvicorn` (the HTTP server), both small and well kept.
 
 The parts, each in its own file:
+    model.py      the one door into the library: loading (`ModelSource`), the model's facts, sampling and editing
+                  with a preview after each scale (`DemoModel`); a change of the library's API touches only this
     requests.py   the JSON bodies of the API, checked into typed requests (bad input → `DemoRequestError`, a 4xx)
-    engine.py     the model side: runs a request through the sampler or the editor, emitting events with previews
+    engine.py     runs a checked request through `DemoModel`, emitting events: previews, images, settings, command
     examples.py   test images to edit, taken from the data the model was trained on (when the data is on this machine)
     pngs.py       images ↔ PNG data URLs
     app.py        the Starlette app: routes, streaming, error responses
@@ -30,6 +34,7 @@ try:
 except ImportError as err:
     raise ImportError(f"the demo needs starlette and uvicorn ({err}): pip install 'nextscale[demo]'") from None
 
+from nextscale.demo.model import ModelSource
 from nextscale.demo.server import DemoServer, run_demo, start_demo
 
-__all__ = ["DemoServer", "run_demo", "start_demo"]
+__all__ = ["DemoServer", "ModelSource", "run_demo", "start_demo"]

@@ -110,12 +110,12 @@ def build_app(engine: DemoEngine, allowed_hosts: list[str] | None = None) -> Sta
 
     async def sample(request: Request):
         body = await read_json(request, limit)
-        parsed = parse_sample(body, engine.pipeline, engine.sample_defaults, engine.limits)
+        parsed = parse_sample(body, engine.model, engine.sample_defaults, engine.limits)
         return stream_job(engine.prepare_sample(parsed))
 
     async def edit(request: Request):
         body = await read_json(request, limit)
-        parsed = await run_in_threadpool(parse_edit, body, engine.pipeline, engine.edit_defaults, engine.limits)
+        parsed = await run_in_threadpool(parse_edit, body, engine.model, engine.edit_defaults, engine.limits)
         return stream_job(await run_in_threadpool(engine.prepare_edit, parsed))
 
     async def bad_request(request: Request, err: DemoRequestError):

@@ -8,9 +8,8 @@ which returns a `Job`; running the job emits events as plain dicts:
     {"event": "done", "images": [...], "settings": {...}, "command": "nextscale sample …", …}
 
 The previews are the tokenizer's decode of f̂ after each scale (coarse to fine), when the request asks for them; the
-decode after the last scale is the image itself, so it is not sent twice. `sample_images` and `edit_images` are
-the only calls into the sampler: they do what `Pipeline.generate` / `Pipeline.edit` do, plus the per-scale callback.
-Letters: B batch, H/W image side, h/w token grid side.
+decode after the last scale is the image itself, so it is not sent twice. The model is reached only through
+`DemoModel` (model.py). Letters: B batch, H/W image side, h/w token grid side.
 """
 
 from __future__ import annotations
@@ -19,141 +18,49 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from nextscale.demo.examples import Example
+from nextscale.demo.model import DemoModel, ModelSource, PreviewCallback
 from nextscale.demo.pngs import pil_to_data_url, tensors_to_data_urls
 from nextscale.demo.requests import DemoLimits, DemoRequestError, EditRequest, SampleRequest
-from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.images import to_pil
-from nextscale.pipeline import Pipeline
-from nextscale.sampling import SamplingSettings, ScaleCallback, generate
+from nextscale.sampling import SamplingSettings
 
 Emit = Callable[[dict], None]
 
 EDIT_DEFAULTS = "edit"  # the sampling preset the edit form starts from (the official editing notebook's)
+# the presets `nextscale sample` and `nextscale edit` start from when no --preset is given (nextscale/cli/generate.py)
+COMMAND_PRESETS = {"sample": "demo", "edit": "edit"}
+ALWAYS_SHOWN = ("cfg", "top_k", "top_p", "more_smooth")  # settings written out even when they equal the preset's
 
 
-# ---- the calls into the sampler (one place to follow Pipeline's signature) ---------------------------------------
-
-
-def sample_images(
-    pipeline: Pipeline, labels: list[int], seed: int, settings: SamplingSettings, on_scale: ScaleCallback | None
-) -> torch.Tensor:
-    """`pipeline.generate(labels, seed=seed, settings=settings)` with a per-scale callback: (B, 3, H, W) in [0, 1]."""
-    out = generate(
-        pipeline.model,
-        pipeline.tokenizer,
-        labels,
-        settings,
-        seed=seed,
-        autocast_dtype=pipeline.autocast_dtype,
-        on_scale=on_scale,
-    )
-    return out.images
-
-
-def edit_images(
-    pipeline: Pipeline,
-    image: Image.Image,
-    keep_hw: torch.Tensor,
-    label: int | None,
-    samples: int,
-    seed: int,
-    settings: SamplingSettings,
-    on_scale: ScaleCallback | None,
-) -> torch.Tensor:
-    """`pipeline.edit(image, keep_hw, labels=label, samples=samples, seed=seed, settings=settings)` with a per-scale
-    callback: (samples, 3, H, W) in [0, 1]."""
-    images_B3HW = pipeline.image_tensor(image).repeat_interleave(samples, dim=0)
-    out = edit(
-        pipeline.model,
-        pipeline.tokenizer,
-        images_B3HW.mul(2).sub(1),
-        keep_hw,
-        label,
-        settings,
-        seed=seed,
-        autocast_dtype=pipeline.autocast_dtype,
-        on_scale=on_scale,
-    )
-    return out.images
-
-
-# ---- where the model came from -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """How to load the model, kept as the `nextscale` flags that name it (for the reproducing command lines)."""
-
-    model: str | None = None  # a model directory (or, later, the name of a shipped model)
-    vae: str | None = None  # official tokenizer checkpoint, with `var`
-    var: str | None = None
-    num_heads: int | None = None  # heads of an official plain-attention checkpoint
-    device: str = "cpu"
-    bf16: bool = False  # run under bf16 autocast
-    fast: bool = False  # prepare the models for fast inference (see nextscale.inference)
-
-    def __post_init__(self) -> None:
-        if (self.model is None) == (self.vae is None or self.var is None):
-            raise ValueError("give a model directory, or both an official tokenizer (vae) and transformer (var)")
-
-    def load(self) -> Pipeline:
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        if self.model is not None:
-            pipeline = Pipeline.from_pretrained(self.model, device=self.device, dtype=dtype)
-        else:
-            for what, path in (("tokenizer", self.vae), ("transformer", self.var)):
-                if ("/" in path or path.endswith((".pth", ".pt"))) and not Path(path).is_file():
-                    raise FileNotFoundError(f"official {what} checkpoint not found: {path}")
-            pipeline = Pipeline.from_official(
-                self.vae, self.var, num_heads=self.num_heads, device=self.device, dtype=dtype
-            )
-        return replace(pipeline, fast=True) if self.fast else pipeline
-
-    @property
-    def precision(self) -> str:
-        return ("bf16" if self.bf16 else "fp32") + (", fast" if self.fast else "")
-
-    @property
-    def label(self) -> str:
-        return self.model if self.model is not None else f"{Path(self.vae).name} + {Path(self.var).name}"
-
-    def cli_flags(self) -> list[str]:
-        def where(path: str) -> str:  # absolute when it is a file or folder here, else a name to resolve
-            return str(Path(path).resolve()) if Path(path).exists() else path
-
-        if self.model is not None:
-            flags = ["--model", where(self.model)]
-        else:
-            flags = ["--vae", where(self.vae), "--var", where(self.var)]
-            if self.num_heads is not None:
-                flags += ["--num-heads", str(self.num_heads)]
-        flags += ["--device", self.device]
-        return flags + (["--bf16"] if self.bf16 else []) + (["--fast"] if self.fast else [])
+# ---- the settings as `nextscale sample` / `nextscale edit` flags -----------------------------------------------------
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def settings_flags(settings: SamplingSettings) -> list[str]:
-    return [
-        "--cfg",
-        _number(settings.cfg),
-        "--top-k",
-        str(settings.top_k),
-        "--top-p",
-        _number(settings.top_p),
-        "--more-smooth" if settings.more_smooth else "--no-more-smooth",
-    ]
+def settings_flags(settings: SamplingSettings, command: str) -> list[str]:
+    """The flags that make `nextscale COMMAND` draw with `settings`: the usual four always, any other field where it
+    differs from the command's default preset."""
+    preset = SamplingSettings.preset(COMMAND_PRESETS[command])
+    flags = []
+    for field in fields(SamplingSettings):
+        value = getattr(settings, field.name)
+        if field.name not in ALWAYS_SHOWN and value == getattr(preset, field.name):
+            continue
+        name = field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags += [f"--{name}", _number(value)]
+    return flags
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------------
@@ -167,16 +74,16 @@ class Job:
 
 
 class DemoEngine:
-    """One pipeline shared by all requests; jobs run one at a time (`lock`)."""
+    """One model shared by all requests; jobs run one at a time (`lock`)."""
 
     def __init__(
-        self, pipeline: Pipeline, source: ModelSource, limits: DemoLimits, examples: list[Example] | None = None
+        self, model: DemoModel, source: ModelSource, limits: DemoLimits, examples: list[Example] | None = None
     ) -> None:
-        self.pipeline = pipeline
+        self.model = model
         self.source = source
         self.limits = limits
         self.examples = examples or []
-        self.sample_defaults = pipeline.settings
+        self.sample_defaults = model.default_settings
         self.edit_defaults = SamplingSettings.preset(EDIT_DEFAULTS)
         self.lock = threading.Lock()
         self._examples_json = [
@@ -186,21 +93,17 @@ class DemoEngine:
 
     # ---- facts for the page ------------------------------------------------------------------------------------------
 
-    def class_name(self, label: int) -> str:
-        names = self.pipeline.class_names
-        return names[label] if names else f"class {label}"
-
     def info(self) -> dict:
-        pipeline = self.pipeline
+        model = self.model
         return {
             "model": self.source.label,
             "device": self.source.device,
             "precision": self.source.precision,
-            "image_size": pipeline.image_size,
-            "token_side": pipeline.token_side,
-            "scales": list(pipeline.model.schedule.patch_nums),
-            "num_classes": pipeline.num_classes,
-            "class_names": pipeline.class_names,
+            "image_size": model.image_size,
+            "token_side": model.token_side,
+            "scales": model.scale_sides,
+            "num_classes": model.num_classes,
+            "class_names": model.class_names,
             "defaults": {"sample": asdict(self.sample_defaults), "edit": asdict(self.edit_defaults)},
             "limits": {"max_images": self.limits.max_images, "max_cfg": self.limits.max_cfg},
             "examples": self._examples_json,
@@ -208,8 +111,8 @@ class DemoEngine:
 
     def fit_upload(self, image: Image.Image) -> dict:
         """An uploaded picture → the model's size (centre crop, resize), as the page will show and send it back."""
-        size = self.pipeline.image_size
-        fitted, changed = fit_image(image, size)
+        size = self.model.image_size
+        fitted, changed = self.model.fit(image)
         width, height = image.size
         note = f"centre-cropped and resized from {width}×{height} to {size}×{size}" if changed else ""
         return {"image": pil_to_data_url(fitted), "note": note}
@@ -217,12 +120,11 @@ class DemoEngine:
     # ---- sampling ----------------------------------------------------------------------------------------------------
 
     def prepare_sample(self, request: SampleRequest) -> Job:
-        labels = request.labels
-        settings = request.settings
+        model, labels, settings = self.model, request.labels, request.settings
         record = {
             "model": self.source.label,
             "classes": request.classes,
-            "class_names": [self.class_name(c) for c in request.classes],
+            "class_names": [model.class_name(c) for c in request.classes],
             "per_class": request.per_class,
             "seed": request.seed,
             **asdict(settings),
@@ -233,14 +135,14 @@ class DemoEngine:
         for c in request.classes:
             command += ["--class", str(c)]
         command += ["--per-class", str(request.per_class), "--batch-size", str(len(labels))]
-        command += ["--seed", str(request.seed), *settings_flags(settings), "--out", "samples.png"]
+        command += ["--seed", str(request.seed), *settings_flags(settings, "sample"), "--out", "samples.png"]
 
         def run(emit: Emit) -> None:
             with self.lock:
                 started = time.perf_counter()
-                emit({"event": "start", "count": len(labels), "sides": self._sides()})
-                on_scale = self._preview_callback(emit) if request.previews else None
-                images = sample_images(self.pipeline, labels, request.seed, settings, on_scale)
+                emit({"event": "start", "count": len(labels), "sides": model.scale_sides})
+                preview = self._preview(emit) if request.previews else None
+                images = model.sample(labels, request.seed, settings, preview)
                 seconds = time.perf_counter() - started
             emit(
                 {
@@ -248,7 +150,7 @@ class DemoEngine:
                     "kind": "sample",
                     "images": tensors_to_data_urls(images),
                     "labels": labels,
-                    "label_names": [self.class_name(c) for c in labels],
+                    "label_names": [model.class_name(c) for c in labels],
                     "settings": record,
                     "command": shlex.join(command),
                     "seconds": round(seconds, 3),
@@ -260,12 +162,12 @@ class DemoEngine:
     # ---- editing -----------------------------------------------------------------------------------------------------
 
     def prepare_edit(self, request: EditRequest) -> Job:
-        pipeline = self.pipeline
-        side, size = pipeline.token_side, pipeline.image_size
-        image, _ = fit_image(request.image, size)
+        model = self.model
+        side, size = model.token_side, model.image_size
+        image, _ = model.fit(request.image)
         regenerate_hw = request.regenerate_hw
         try:
-            keep_hw = keep_mask_for(request.mode, side=side, mask_image=regenerate_hw)
+            keep_hw = model.keep_mask(regenerate_hw)
         except ValueError as err:
             raise DemoRequestError(str(err)) from None
         # the mask file for the command line: white = regenerate, at the image's size (area-averages back exactly)
@@ -275,7 +177,7 @@ class DemoEngine:
             "model": self.source.label,
             "mode": request.mode,
             "class": request.label,
-            "class_name": None if request.label is None else self.class_name(request.label),
+            "class_name": None if request.label is None else model.class_name(request.label),
             "samples": request.samples,
             "seed": request.seed,
             **asdict(request.settings),
@@ -289,15 +191,15 @@ class DemoEngine:
         if request.label is not None:
             command += ["--class", str(request.label)]
         command += ["--samples", str(request.samples), "--seed", str(request.seed)]
-        command += [*settings_flags(request.settings), "--out", "edit.png"]
+        command += [*settings_flags(request.settings, "edit"), "--out", "edit.png"]
 
         def run(emit: Emit) -> None:
             with self.lock:
                 started = time.perf_counter()
-                emit({"event": "start", "count": request.samples, "sides": self._sides()})
-                on_scale = self._preview_callback(emit) if request.previews else None
-                images = edit_images(
-                    pipeline, image, keep_hw, request.label, request.samples, request.seed, request.settings, on_scale
+                emit({"event": "start", "count": request.samples, "sides": model.scale_sides})
+                preview = self._preview(emit) if request.previews else None
+                images = model.edit(
+                    image, keep_hw, request.label, request.samples, request.seed, request.settings, preview
                 )
                 seconds = time.perf_counter() - started
             emit(
@@ -318,20 +220,11 @@ class DemoEngine:
 
     # ---- shared ------------------------------------------------------------------------------------------------------
 
-    def _sides(self) -> list[int]:
-        return list(self.pipeline.model.schedule.patch_nums)
+    def _preview(self, emit: Emit) -> PreviewCallback:
+        """After scale k < K-1: the image as the tokens up to this scale draw it, as a "scale" event."""
+        sides = self.model.scale_sides
 
-    def _preview_callback(self, emit: Emit) -> ScaleCallback:
-        """After scale k < K-1: decode f̂ so far (the image as the tokens up to this scale draw it) and emit it."""
-        tokenizer, cast_dtype, sides = self.pipeline.tokenizer, self.pipeline.autocast_dtype, self._sides()
-
-        def on_scale(k: int, f_hat_BCHW: torch.Tensor, token_map_Bhw: torch.Tensor) -> None:
-            if k == len(sides) - 1:  # the decode after the last scale is the image itself, sent with "done"
-                return
-            device_type = f_hat_BCHW.device.type
-            cast = torch.autocast(device_type, dtype=cast_dtype) if cast_dtype is not None else nullcontext()
-            with torch.no_grad(), cast:
-                previews_B3HW = tokenizer.decode_fhat(f_hat_BCHW).float().add(1).mul(0.5)
+        def preview(k: int, previews_B3HW: torch.Tensor) -> None:
             emit({"event": "scale", "index": k, "side": sides[k], "previews": tensors_to_data_urls(previews_B3HW)})
 
-        return on_scale
+        return preview

@@ -1,15 +1,16 @@
 """Test images to edit, offered on the page next to the upload button.
 
 A model directory written by `nextscale train` records its data in `nextscale.json` (`trained_with.data`, a
-`DataConfig`). When that data is on this machine (Fashion-MNIST from its Debian package, the built-in procedural set,
-an image folder that still exists), the first test image of each class is offered. Otherwise (official checkpoints,
-data elsewhere) the page offers uploads and the demo's own samples only.
+`DataConfig`). When that data is on this machine (Fashion-MNIST where training read it or from its Debian package
+`dataset-fashion-mnist`, the built-in procedural set, an image folder that still exists), the first test image of
+each class is offered. Otherwise (official checkpoints, data elsewhere) the page offers uploads and the demo's own
+samples only.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PIL import Image
@@ -35,17 +36,19 @@ def examples_from_metadata(metadata: dict, image_size: int, count: int = 10) -> 
     data = (metadata.get("trained_with") or {}).get("data")
     if not isinstance(data, dict):
         return []
-    from nextscale.data.build import DataConfig
+    from nextscale.data.build import DATASETS, DataConfig
 
     try:
         config = DataConfig(**data)
     except (TypeError, ValueError) as err:
         logger.info("demo: no example images (the recorded data config is not readable here: %s)", err)
         return []
+    # where training found the data, then (a named data set recorded with a folder that is gone) its default place
+    tries = [config] + ([replace(config, root=None)] if config.root is not None and config.name in DATASETS else [])
     dataset = None
-    for split in ("test", "val"):
+    for candidate, split in ((candidate, split) for candidate in tries for split in ("test", "val")):
         try:
-            dataset = config.build(split)
+            dataset = candidate.build(split)
             break
         except (FileNotFoundError, ValueError, OSError):
             continue

@@ -12,14 +12,14 @@ class-conditional editing regenerate the drawn area; out-painting keeps it and r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
 
+from nextscale.demo.model import DemoModel
 from nextscale.demo.pngs import ImageDecodeError, data_url_to_pil
 from nextscale.editing import EDIT_MODES
-from nextscale.pipeline import Pipeline
 from nextscale.sampling import SamplingSettings
 
 SEED_MAX = 2**32 - 1  # seeds stay exact in JavaScript numbers and short in a command line
@@ -40,6 +40,7 @@ class DemoLimits:
     max_images: int = 16  # images per request (samples, or edit results)
     max_cfg: float = 20.0  # guidance above this only saturates the images
     max_top_k: int = 1_000_000  # larger than any vocabulary; 0 keeps every token
+    max_prune_ratio: float = 0.95  # token pruning at the largest scales (SamplingSettings.prune_ratio must be < 1)
     max_body_bytes: int = 8 * 1024 * 1024  # request bodies (an uploaded image travels as base64 inside one)
 
     def __post_init__(self) -> None:
@@ -120,36 +121,40 @@ def _boolean(body: dict, name: str, default: bool) -> bool:
     return value
 
 
-def _class_id(pipeline: Pipeline, value, name: str) -> int:
+def _class_id(model: DemoModel, value, name: str) -> int:
     """A class id or a class name → the id, within [0, num_classes)."""
-    if isinstance(value, str):
-        try:
-            return pipeline.class_index(value)
-        except ValueError as err:
-            raise DemoRequestError(f"{name}: {err}") from None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < pipeline.num_classes:
-        raise DemoRequestError(f"{name}: class {value!r} is not a class id in [0, {pipeline.num_classes}) or a name")
-    return value
+    try:
+        return model.class_index(value)
+    except ValueError as err:
+        raise DemoRequestError(f"{name}: {err}") from None
 
 
-_SETTINGS_FIELDS = ("cfg", "top_k", "top_p", "more_smooth")
+_SETTINGS_FIELDS = ("cfg", "top_k", "top_p", "more_smooth", "prune_ratio", "prune_scales")
 
 
-def _settings(body: dict, base: SamplingSettings, limits: DemoLimits) -> SamplingSettings:
-    cfg = _number(body, "cfg", 0.0, limits.max_cfg, base.cfg)
-    top_k = _integer(body, "top_k", 0, limits.max_top_k, base.top_k)
-    top_p = _number(body, "top_p", 0.0, 1.0, base.top_p)
-    more_smooth = _boolean(body, "more_smooth", base.more_smooth)
-    return SamplingSettings(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales: int) -> SamplingSettings:
+    """`base` with the fields the request gives; every field is range-checked here, before any work."""
+    changes = dict(
+        cfg=_number(body, "cfg", 0.0, limits.max_cfg, base.cfg),
+        top_k=_integer(body, "top_k", 0, limits.max_top_k, base.top_k),
+        top_p=_number(body, "top_p", 0.0, 1.0, base.top_p),
+        more_smooth=_boolean(body, "more_smooth", base.more_smooth),
+        prune_ratio=_number(body, "prune_ratio", 0.0, limits.max_prune_ratio, base.prune_ratio),
+        prune_scales=_integer(body, "prune_scales", 1, num_scales, min(base.prune_scales, num_scales)),
+    )
+    try:
+        return replace(base, **changes)
+    except ValueError as err:  # a rule of SamplingSettings' own that the checks above do not know
+        raise DemoRequestError(str(err)) from None
 
 
-def parse_sample(body, pipeline: Pipeline, defaults: SamplingSettings, limits: DemoLimits) -> SampleRequest:
+def parse_sample(body, model: DemoModel, defaults: SamplingSettings, limits: DemoLimits) -> SampleRequest:
     fields = ("classes", "per_class", "seed", "previews", *_SETTINGS_FIELDS)
     body = _check_fields(body, fields, required=("classes",))
     chosen = body["classes"]
     if not isinstance(chosen, list) or not chosen:
         raise DemoRequestError("classes must be a non-empty list of class ids or names; choose at least one class")
-    classes = [_class_id(pipeline, value, "classes") for value in chosen]
+    classes = [_class_id(model, value, "classes") for value in chosen]
     per_class = _integer(body, "per_class", 1, limits.max_images, 1)
     if len(classes) * per_class > limits.max_images:
         raise DemoRequestError(
@@ -160,7 +165,7 @@ def parse_sample(body, pipeline: Pipeline, defaults: SamplingSettings, limits: D
         classes=classes,
         per_class=per_class,
         seed=_integer(body, "seed", 0, SEED_MAX, 0),
-        settings=_settings(body, defaults, limits),
+        settings=_settings(body, defaults, limits, len(model.scale_sides)),
         previews=_boolean(body, "previews", True),
     )
 
@@ -178,17 +183,17 @@ def parse_region(value, side: int) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
-def parse_edit(body, pipeline: Pipeline, defaults: SamplingSettings, limits: DemoLimits) -> EditRequest:
+def parse_edit(body, model: DemoModel, defaults: SamplingSettings, limits: DemoLimits) -> EditRequest:
     fields = ("image", "region", "mode", "class", "samples", "seed", "previews", *_SETTINGS_FIELDS)
     body = _check_fields(body, fields, required=("image", "region"))
     mode = body.get("mode", "inpaint")
     if mode not in EDIT_MODES:
         raise DemoRequestError(f"mode must be one of {', '.join(EDIT_MODES)}, got {mode!r}")
     label = body.get("class")
-    label = None if label is None else _class_id(pipeline, label, "class")
+    label = None if label is None else _class_id(model, label, "class")
     if mode == "class-edit" and label is None:
         raise DemoRequestError("class-conditional editing needs a class to edit the region towards")
-    region_hw = parse_region(body["region"], pipeline.token_side)
+    region_hw = parse_region(body["region"], model.token_side)
     drawn = int(region_hw.sum().item())
     if drawn == 0:
         raise DemoRequestError("draw a region on the image first (brush or box)")
@@ -205,7 +210,7 @@ def parse_edit(body, pipeline: Pipeline, defaults: SamplingSettings, limits: Dem
         label=label,
         samples=_integer(body, "samples", 1, limits.max_images, 1),
         seed=_integer(body, "seed", 0, SEED_MAX, 0),
-        settings=_settings(body, defaults, limits),
+        settings=_settings(body, defaults, limits, len(model.scale_sides)),
         previews=_boolean(body, "previews", True),
     )
 

@@ -9,29 +9,25 @@ import threading
 import time
 import webbrowser
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 
 from nextscale.demo.app import build_app
-from nextscale.demo.engine import DemoEngine, ModelSource
+from nextscale.demo.engine import DemoEngine
 from nextscale.demo.examples import examples_from_metadata
+from nextscale.demo.model import DemoModel, ModelSource
 from nextscale.demo.requests import DemoLimits
-from nextscale.pipeline import Pipeline
-from nextscale.pretrained import read_metadata
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 
 
-def build_engine(source: ModelSource, limits: DemoLimits | None = None, pipeline: Pipeline | None = None) -> DemoEngine:
-    """The engine for the model named by `source` (loaded now unless `pipeline` is the model already loaded), with
+def build_engine(source: ModelSource, limits: DemoLimits | None = None, model: DemoModel | None = None) -> DemoEngine:
+    """The engine for the model named by `source` (loaded now unless `model` is that model already loaded), with
     example images from the data it was trained on."""
-    pipeline = pipeline if pipeline is not None else source.load()
-    directory = Path(source.model) if source.model is not None else None
-    metadata = read_metadata(directory) if directory is not None and directory.is_dir() else {}
-    examples = examples_from_metadata(metadata, pipeline.image_size)
-    return DemoEngine(pipeline, source, limits or DemoLimits(), examples)
+    model = model if model is not None else source.load()
+    examples = examples_from_metadata(source.metadata(), model.image_size)
+    return DemoEngine(model, source, limits or DemoLimits(), examples)
 
 
 def is_loopback(host: str) -> bool:

@@ -92,6 +92,8 @@ function settingsOf(prefix) {
     top_k: numberValue(`${prefix}-top-k`),
     top_p: numberValue(`${prefix}-top-p`),
     more_smooth: $(`${prefix}-more-smooth`).checked,
+    prune_ratio: numberValue(`${prefix}-prune-ratio`),
+    prune_scales: numberValue(`${prefix}-prune-scales`),
     previews: $(`${prefix}-previews`).checked,
   };
 }
@@ -101,6 +103,9 @@ function fillSettings(prefix, defaults) {
   $(`${prefix}-top-k`).value = defaults.top_k;
   $(`${prefix}-top-p`).value = defaults.top_p;
   $(`${prefix}-more-smooth`).checked = defaults.more_smooth;
+  $(`${prefix}-prune-ratio`).value = defaults.prune_ratio;
+  $(`${prefix}-prune-scales`).value = Math.min(defaults.prune_scales, state.info.scales.length);
+  $(`${prefix}-prune-scales`).max = String(state.info.scales.length);
   $(`${prefix}-seed-random`).addEventListener("click", () => {
     $(`${prefix}-seed`).value = Math.floor(Math.random() * 2 ** 32);
   });
