@@ -49,12 +49,12 @@ def write_pngs(folder: Path, images_NHW3: np.ndarray, labels_N: np.ndarray) -> P
 
 @pytest.mark.skipif(not HAS_FASHION_MNIST, reason=f"{DEFAULT_FASHION_MNIST_ROOT} missing")
 def test_eval_samples_on_real_images_with_the_shipped_classifier(tmp_path, capsys):
-    """Training images as 'samples' against the test split: high class accuracy, precision and recall, a small FID;
-    the second run reads the reference from the cache and gives the same numbers."""
+    """The issue's command: training images as 'samples' against the 10k test split give a high class accuracy,
+    precision and recall, and a small FID; the table is printed and the JSON written."""
     train = FashionMNIST("train", 32)
-    pick = np.random.default_rng(0).choice(len(train), 500, replace=False)
-    gray = train.images_NSS[pick].numpy()
-    samples = write_pngs(tmp_path / "samples", np.repeat(gray[..., None], 3, -1), train.labels_N[pick].numpy())
+    pick = np.random.default_rng(0).choice(len(train), 300, replace=False)
+    gray = np.repeat(train.images_NSS[pick].numpy()[..., None], 3, -1)
+    samples = write_pngs(tmp_path / "samples", gray, train.labels_N[pick].numpy())
     out = tmp_path / "out" / "metrics.json"
     argv = ["eval-samples", "--samples", str(samples), "--reference", "fashion-mnist:test", "--features", "fmnist"]
     argv += ["--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--no-progress", "--device", "cpu"]
@@ -62,17 +62,12 @@ def test_eval_samples_on_real_images_with_the_shipped_classifier(tmp_path, capsy
     assert status == 0, stderr
     result = json.loads(out.read_text())
     assert all(key in result for key in REQUIRED_KEYS)
-    assert result["num_samples"] == 500 and result["num_reference"] == 10_000 and result["features"] == "fmnist"
+    assert result["num_samples"] == 300 and result["num_reference"] == 10_000 and result["features"] == "fmnist"
     assert result["class_accuracy"] > 0.9
-    assert result["precision"] > 0.6 and result["recall"] > 0.6
+    assert result["precision"] > 0.6 and result["recall"] > 0.3  # 300 samples cover part of the test manifold
     assert result["fid"] < 5 and 5 < result["inception_score"] <= 10
-    assert "FID" in stdout and "class accuracy" in stdout
-    assert not result["reference_from_cache"]
-
-    status, _, stderr = run_cli(argv, capsys)
-    again = json.loads(out.read_text())
-    assert status == 0 and again["reference_from_cache"]
-    assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)
+    assert "FID" in stdout and "class accuracy" in stdout and str(out) in stdout
+    assert not result["reference_from_cache"] and Path(result["reference_cache_file"]).is_file()
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
@@ -98,6 +93,14 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "inception weights without inception": (
             ["--samples", str(good), "--inception-weights", str(tmp_path / "w.pth")],
             "--inception-weights needs --features inception",
+        ),
+        "classifier weights with inception": (
+            ["--samples", str(good), "--features", "inception", "--classifier-weights", str(tmp_path / "c.st")],
+            "--classifier-weights needs --features fmnist",
+        ),
+        "missing classifier weights": (
+            ["--samples", str(good), "--classifier-weights", str(tmp_path / "c.safetensors")],
+            "not found",
         ),
         "missing inception weights": (
             ["--samples", str(good), "--features", "inception", "--inception-weights", str(tmp_path / "w.pth")],

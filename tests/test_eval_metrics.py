@@ -103,22 +103,28 @@ def test_class_accuracy():
 
 def test_core_library_and_eval_modules_import_without_torchvision():
     """With torchvision and torch-fidelity made unimportable, nextscale and the eval modules still import, and using
-    the metrics says how to install what is missing."""
+    the metrics says in one line how to install what is missing: both when they are absent (ImportError) and when a
+    torchvision built for another torch fails while importing (RuntimeError, as `torchvision::nms` does)."""
     script = """
 import sys
 class Block:
+    error = ImportError
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in ("torchvision", "torch_fidelity"):
-            raise ImportError(f"blocked {name}")
+            raise self.error(f"blocked {name}")
 sys.meta_path.insert(0, Block())
 import nextscale, nextscale.cli.evaluation, nextscale.eval.evaluate_samples, nextscale.eval.rejection
+import nextscale.eval.classifier_training
 from nextscale.eval.fidelity_metrics import inception_score
 import torch
-try:
-    inception_score(torch.zeros(40, 3))
-except ImportError as err:
-    print(err)
+for error in (ImportError, RuntimeError):
+    Block.error = error
+    try:
+        inception_score(torch.zeros(40, 3))
+    except ImportError as err:
+        print(err)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "pip install 'nextscale[eval]'" in result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("pip install 'nextscale[eval]'" in line for line in lines), result.stdout

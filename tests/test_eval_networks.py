@@ -3,6 +3,7 @@ rejection sampling), InceptionV3 from a locally made weights file (no network ac
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,14 @@ pytest.importorskip("torch_fidelity")
 
 from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNIST  # noqa: E402
 from nextscale.data.procedural import ProceduralShapes  # noqa: E402
-from nextscale.eval.classifier import SHIPPED_WEIGHTS, load_classifier, save_classifier  # noqa: E402
+from nextscale.eval.classifier import (  # noqa: E402
+    SHIPPED_WEIGHTS,
+    ClassifierConfig,
+    file_sha256,
+    load_classifier,
+    save_classifier,
+)
+from nextscale.eval.classifier_training import ClassifierTrainingConfig  # noqa: E402
 from nextscale.eval.evaluate_samples import EvaluationConfig, evaluate_samples  # noqa: E402
 from nextscale.eval.feature_networks import ClassifierNetwork, InceptionNetwork, extract_features  # noqa: E402
 from nextscale.eval.fidelity_metrics import frechet_distance, gaussian_statistics  # noqa: E402
@@ -52,16 +60,31 @@ def test_shipped_classifier_classifies_test_images_at_28_and_32_px():
     for size in (28, 32):
         dataset = FashionMNIST("test", size)
         gray_N1SS = dataset.images_NSS[:2000, None].float() / 127.5 - 1
-        for images in (gray_N1SS, gray_N1SS.expand(-1, 3, -1, -1)):  # grayscale and RGB input
-            with torch.no_grad():
-                accuracy = (classifier(images).argmax(1) == dataset.labels_N[:2000]).float().mean()
-            assert accuracy > 0.92, (size, images.shape[1], float(accuracy))
+        with torch.no_grad():
+            logits_NV = classifier(gray_N1SS)
+            rgb_logits_NV = classifier(gray_N1SS[:100].expand(-1, 3, -1, -1))  # gray as RGB: the same picture
+        accuracy = float((logits_NV.argmax(1) == dataset.labels_N[:2000]).float().mean())
+        assert accuracy > 0.92, (size, accuracy)
+        torch.testing.assert_close(rgb_logits_NV, logits_NV[:100])
+
+
+def test_shipped_weights_are_small_and_their_recipe_is_the_default_one():
+    """The JSON beside the weights records a recipe that `nextscale train-classifier` (all defaults) reproduces, and a
+    test accuracy of at least 93 %."""
+    record = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
+    assert SHIPPED_WEIGHTS.stat().st_size < 500_000
+    recipe = dict(record["recipe"])
+    recipe["model"] = ClassifierConfig(**recipe["model"])
+    assert ClassifierTrainingConfig(**recipe) == ClassifierTrainingConfig()
+    assert record["test_accuracy_32px"] >= 0.93 and record["test_images"] == 10_000
+    assert record["command"].startswith("nextscale train-classifier")
+    assert load_classifier().config == ClassifierTrainingConfig().model
 
 
 def test_fid_grows_monotonically_with_noise():
     network = ClassifierNetwork()
-    reference, _ = real_images(1000)
-    clean, _ = real_images(1000, offset=1000)
+    reference, _ = real_images(600)
+    clean, _ = real_images(600, offset=600)
     reference_statistics = gaussian_statistics(
         extract_features(network, images_set(reference), progress=False).features_ND
     )
@@ -103,6 +126,22 @@ def test_rejection_sampling_keeps_the_requested_count_and_raises_confidence():
         rejection_sample(draw, labels, scorer, candidates=0)
 
 
+def test_evaluate_samples_reads_labels_from_an_npz_and_class_accuracy_follows_them(tmp_path):
+    """The ablation runner's call: an .npz with arr_0 and labels. Right labels: high class accuracy; each image
+    labelled with its neighbour's class: chance level, while FID, which never sees labels, does not move."""
+    images, labels = real_images(400)
+    reference = write_npz(tmp_path / "reference.npz", images[200:], labels[200:])
+    results = []
+    for name, sample_labels in (("right", labels[:200]), ("scrambled", np.roll(labels[:200], 1))):
+        samples = write_npz(tmp_path / f"{name}.npz", images[:200], sample_labels)
+        config = EvaluationConfig(samples=str(samples), reference=str(reference), cache_dir=str(tmp_path / "cache"))
+        results.append(evaluate_samples(config, progress=False))
+    right, scrambled = results
+    assert right["features"] == "fmnist" and right["num_samples"] == 200
+    assert right["class_accuracy"] > 0.85 and scrambled["class_accuracy"] < 0.3
+    assert scrambled["fid"] == pytest.approx(right["fid"], rel=1e-9) and scrambled["reference_from_cache"]
+
+
 # ---- InceptionV3 from a local weights file ---------------------------------------------------------------------------
 
 
@@ -112,22 +151,23 @@ def random_inception_weights(tmp_path_factory) -> Path:
     activations neither vanish nor explode), saved as the state-dict file a user would pass."""
     import torch_fidelity
 
+    class RandomInception(torch_fidelity.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, *args, **kwargs):  # keep the random initialisation
+            return None
+
     folder = tmp_path_factory.mktemp("inception")
     placeholder = folder / "empty.pth"
     torch.save({}, placeholder)
-    network = torch_fidelity.FeatureExtractorInceptionV3.__new__(torch_fidelity.FeatureExtractorInceptionV3)
-    network.load_state_dict = lambda state: None  # the constructor loads weights; these are made below instead
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        network.__init__("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(placeholder))
-        del network.load_state_dict
+        network = RandomInception("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(placeholder))
         for module in network.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.reset_running_stats()
                 module.momentum = None  # running statistics = the average over the calibration batch
         network.train()
         with torch.no_grad():
-            network(torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8))
+            network(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     path = folder / "inception_random.pth"
     torch.save(network.state_dict(), path)
     return path
@@ -136,42 +176,67 @@ def random_inception_weights(tmp_path_factory) -> Path:
 def test_inception_path_end_to_end_from_a_local_weights_file(random_inception_weights, tmp_path):
     from PIL import Image
 
-    images, labels = real_images(16)
+    images, labels = real_images(8)
     samples = tmp_path / "samples"
     samples.mkdir()
-    for index in range(8):
+    for index in range(4):
         Image.fromarray(images[index]).save(samples / f"class{labels[index]:04d}_seed0000000_row{index:04d}.png")
-    reference = write_npz(tmp_path / "reference.npz", images[8:])
+    reference_path = write_npz(tmp_path / "reference.npz", images[4:])
+    cache = tmp_path / "cache"
 
-    network = InceptionNetwork(random_inception_weights)
-    first = extract_features(network, load_image_set(samples), batch_size=4, progress=False)
-    assert first.features_ND.shape == (8, 2048) and first.logits_NV.shape == (8, 1008)
-    assert torch.isfinite(first.features_ND).all() and first.features_ND.std(0).mean() > 0
-    again = extract_features(InceptionNetwork(random_inception_weights), load_image_set(samples), progress=False)
-    torch.testing.assert_close(again.features_ND, first.features_ND)
+    network = InceptionNetwork(random_inception_weights)  # the file's weights, not torch-fidelity's download
+    stored = torch.load(random_inception_weights, weights_only=True)
+    for name, tensor in network.extractor.state_dict().items():
+        torch.testing.assert_close(tensor, stored[name], rtol=0, atol=0)
+    assert network.weights_id == file_sha256(random_inception_weights)
+
+    reference = reference_features(load_image_set(reference_path), network, cache_dir=cache, progress=False)
+    features = reference.features
+    assert features.features_ND.shape == (4, 2048) and features.logits_NV.shape == (4, 1008)  # pool3, IS logits
+    assert torch.isfinite(features.features_ND).all() and features.features_ND.std(0).mean() > 0
 
     config = EvaluationConfig(
         samples=str(samples),
-        reference=str(reference),
+        reference=str(reference_path),
         features="inception",
         inception_weights=str(random_inception_weights),
-        cache_dir=str(tmp_path / "cache"),
-        batch_size=8,
+        cache_dir=str(cache),
+        batch_size=4,
     )
     result = evaluate_samples(config, progress=False)
-    assert result["features"] == "inception" and result["num_samples"] == 8 and result["num_reference"] == 8
+    assert result["features"] == "inception" and result["num_samples"] == 4 and result["num_reference"] == 4
+    assert result["reference_from_cache"] and result["feature_weights"] == network.weights_id
     assert result["class_accuracy"] is None  # Inception's classes are not the samples' class ids
     for key in ("fid", "inception_score", "kid", "precision", "recall"):
         assert np.isfinite(result[key]), key
-    assert result["fid"] > -1e-3 and result["inception_score"] >= 1 - 1e-6
+    assert result["fid"] > 0 and 1 - 1e-6 <= result["inception_score"] <= 4 + 1e-6  # IS ≤ number of images
 
-    broken = tmp_path / "broken.pth"
+
+def test_inception_weights_that_do_not_fit_are_refused_in_one_line(random_inception_weights, tmp_path):
+    incomplete = tmp_path / "incomplete.pth"
     state = torch.load(random_inception_weights, weights_only=True)
     del state["fc.bias"]
-    torch.save(state, broken)
-    with pytest.raises(ValueError, match="not InceptionV3 weights") as error:
-        InceptionNetwork(broken)
-    assert "\n" not in str(error.value)
+    torch.save(state, incomplete)
+    not_weights = tmp_path / "notes.pth"
+    not_weights.write_text("not a state dict")
+    for path, expected in ((incomplete, "not InceptionV3 weights"), (not_weights, "not a PyTorch state dict")):
+        with pytest.raises(ValueError, match=expected) as error:
+            InceptionNetwork(path)
+        assert "\n" not in str(error.value) and str(path) in str(error.value)
+    with pytest.raises(FileNotFoundError, match="--inception-weights"):
+        InceptionNetwork(tmp_path / "missing.pth")
+
+
+def test_inception_download_failure_says_to_pass_a_local_file(monkeypatch, tmp_path):
+    """Without a network (here: a download address that refuses connections), the error names --inception-weights."""
+    import torch_fidelity
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch.hub cache
+    refused = "http://127.0.0.1:9/weights-inception-test.pth"  # the discard port: nothing listens
+    monkeypatch.setattr(torch_fidelity.feature_extractor_inceptionv3, "URL_INCEPTION_V3", refused)
+    with pytest.raises(ValueError, match="could not download the InceptionV3 weights") as error:
+        InceptionNetwork()
+    assert "--inception-weights PATH" in str(error.value) and "\n" not in str(error.value)
 
 
 # ---- reference cache -------------------------------------------------------------------------------------------------

@@ -37,7 +37,14 @@ def add_commands(commands) -> None:
         helps={
             "samples": "folder of images (sample-set output; class ids from the file names) or .npz (arr_0, labels)",
             "reference": f"{' | '.join(BUILTIN_REFERENCES)} | a folder of images | an .npz",
+            "features": "feature network: the shipped Fashion-MNIST classifier or InceptionV3",
+            "inception_weights": "local InceptionV3 weights (torch-fidelity's .pth state dict) instead of downloading",
+            "classifier_weights": "Fashion-MNIST classifier weights (.safetensors from train-classifier) instead of "
+            "the shipped ones",
+            "data_root": "folder of the Fashion-MNIST IDX files (default: /usr/share/datasets/fashion-mnist)",
+            "cache_dir": "where reference features are cached (default: $NEXTSCALE_CACHE_DIR or ~/.cache/nextscale)",
             "use_cache": "reuse cached reference features (--no-cache recomputes and writes nothing)",
+            "batch_size": "images per feature-network call",
         },
     )
     p.add_argument("--json", help="also write the results to this JSON file")

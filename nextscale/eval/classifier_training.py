@@ -50,6 +50,10 @@ class ClassifierTrainingConfig:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.peak_lr <= 0:
             raise ValueError(f"peak_lr must be positive, got {self.peak_lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.crop_padding < self.image_size // 2:
+            raise ValueError(f"crop_padding must be in [0, {self.image_size // 2}), got {self.crop_padding}")
 
 
 def learning_rate(step: int, total_steps: int, config: ClassifierTrainingConfig) -> float:
@@ -61,10 +65,11 @@ def learning_rate(step: int, total_steps: int, config: ClassifierTrainingConfig)
 
 
 def augment(images_BSS: torch.Tensor, padding: int, hflip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crops of the zero-padded uint8 images (shifts of up to `padding` px) and, if `hflip`, random flips."""
+    """Random crops of the zero-padded uint8 images (shifts of up to `padding` px) and, if `hflip`, random horizontal
+    flips. P = S + 2 * padding."""
     B, S, _ = images_BSS.shape
     if padding:
-        padded_BPP = torch.nn.functional.pad(images_BSS, (padding,) * 4)
+        padded_BPP = F.pad(images_BSS, (padding,) * 4)
         offsets_B2 = torch.randint(0, 2 * padding + 1, (B, 2), generator=generator)
         rows_BS = offsets_B2[:, :1] + torch.arange(S)
         columns_BS = offsets_B2[:, 1:] + torch.arange(S)

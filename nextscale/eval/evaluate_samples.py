@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nextscale.eval.feature_networks import build_feature_network, extract_features
+from nextscale.eval.feature_networks import FEATURE_NETWORKS, build_feature_network, extract_features
 from nextscale.eval.fidelity_metrics import (
     class_accuracy,
     frechet_distance,
@@ -58,8 +58,12 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if self.batch_size <= 0:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.features not in FEATURE_NETWORKS:
+            raise ValueError(f"--features {self.features!r}: choose one of {', '.join(FEATURE_NETWORKS)}")
         if self.features != "inception" and self.inception_weights is not None:
             raise ValueError("--inception-weights needs --features inception")
+        if self.features != "fmnist" and self.classifier_weights is not None:
+            raise ValueError("--classifier-weights needs --features fmnist")
 
 
 def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
@@ -90,11 +94,13 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     is_mean, is_std = inception_score(sample_features.logits_NV, splits=min(10, len(sample_features)))
     kid_mean, kid_std = kernel_distance(sample_features.features_ND, cached.features.features_ND)
     precision, recall = precision_recall(sample_features.features_ND, cached.features.features_ND)
-    accuracy = None
-    if network.classifies_labels and sample_features.labels_N is not None:
-        num_classes = sample_features.logits_NV.shape[1]
-        if int(sample_features.labels_N.max()) < num_classes:
-            accuracy = class_accuracy(sample_features.logits_NV, sample_features.labels_N)
+    labels_N = sample_features.labels_N
+    has_classes = (  # labels that are the network's classes; otherwise class accuracy is None
+        network.classifies_labels
+        and labels_N is not None
+        and 0 <= int(labels_N.min()) <= int(labels_N.max()) < sample_features.logits_NV.shape[1]
+    )
+    accuracy = class_accuracy(sample_features.logits_NV, labels_N) if has_classes else None
     return {
         "fid": fid,
         "inception_score": is_mean,

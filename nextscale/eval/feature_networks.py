@@ -73,7 +73,14 @@ class InceptionNetwork:
         if weights_path is None:
             url = tfid.feature_extractor_inceptionv3.URL_INCEPTION_V3
             self.weights_id = "torch-fidelity:" + url.rsplit("/", 1)[-1]  # the file name carries its hash
-            self.extractor = extractor_class(INCEPTION_NAME, list(INCEPTION_FEATURES), verbose=True)  # download bar
+            try:  # downloaded once into torch.hub's cache, with a progress bar
+                self.extractor = extractor_class(INCEPTION_NAME, list(INCEPTION_FEATURES), verbose=True)
+            except OSError as err:  # no network (URLError), a refused connection, a full disk
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise ValueError(
+                    f"could not download the InceptionV3 weights from {url} ({reason}); "
+                    "fetch that file elsewhere and pass it with --inception-weights PATH"
+                ) from None
         else:
             path = Path(weights_path)
             _check_state_dict_file(path)

@@ -4,8 +4,12 @@ candidate a classifier scores highest for the requested class.
 Written against any `draw(labels, seed) -> images (B, 3, H, W) in [0, 1]` (e.g. a closure over `Pipeline.generate`
 with `output_type="pt"`), so it depends on no sampler signature. The requested labels are cut into batches of
 `batch_size`; batch b's candidate m is one call `draw(batch labels, derive_seed(seed, b, m))`, so the result depends
-only on (seed, batch_size, M, labels), and candidate 0 of every batch is what plain sampling with those seeds gives.
+only on (seed, batch_size, M, labels), and candidates 0 do not depend on M: `candidates=1` returns exactly them, the
+plain-sampling baseline whose scores (`first_scores_N`) measure the gain. Ties keep the earlier candidate.
 Cost: M times the sampling time, plus classifying the candidates. Letters: N requested images, B a batch, M candidates.
+
+`nextscale sample-set --rejection M` runs this batch by batch with the Fashion-MNIST classifier as the scorer
+(`sample_set.regenerate_batch`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ def rejection_sample(
     batch_size: int = 64,
     progress: bool = True,
 ) -> RejectionResult:
+    """Per requested label, the best of `candidates` drawn images by `scorer`; see the module docstring."""
     if candidates < 1:
         raise ValueError(f"candidates per image must be ≥ 1, got {candidates}")
     if batch_size < 1:
