@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gzip
 import logging
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +167,19 @@ def key_tables() -> Path:
     if not (KEY_TABLES / "vqvae_keys.tsv").is_file():
         pytest.skip(f"official key tables not found in {KEY_TABLES}")
     return KEY_TABLES
+
+
+# ---- Fashion-MNIST files ------------------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode an array in the IDX format, independently of the reader under test."""
+    type_codes = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
+    header = bytes([0, 0, type_codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_fashion_files(folder: Path, prefix: str, images_NHW: np.ndarray, labels_N: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images_NHW)))
+    (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels_N)))

@@ -5,12 +5,12 @@ import gzip
 import io
 import json
 import logging
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import idx_bytes, write_fashion_files
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -35,19 +35,6 @@ from nextscale.data import (
 from nextscale.data.transforms import resize_shorter_side
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """Encode an array in the IDX format, independently of the reader under test."""
-    type_codes = {np.dtype("uint8"): 0x08, np.dtype("int32"): 0x0C, np.dtype("float32"): 0x0D}
-    header = bytes([0, 0, type_codes[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_fashion_files(folder: Path, prefix: str, images_NHW: np.ndarray, labels_N: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images_NHW)))
-    (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels_N)))
 
 
 def save_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 30), mode: str = "RGB") -> None:

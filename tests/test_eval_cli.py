@@ -13,6 +13,8 @@ from PIL import Image
 
 pytest.importorskip("torch_fidelity")
 
+from conftest import write_fashion_files  # noqa: E402
+
 from nextscale.cli.common import OneLineParser, UsageError  # noqa: E402
 from nextscale.cli.evaluation import add_commands  # noqa: E402
 from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNIST  # noqa: E402
@@ -68,6 +70,25 @@ def test_eval_samples_on_real_images_with_the_shipped_classifier(tmp_path, capsy
     assert result["fid"] < 5 and 5 < result["inception_score"] <= 10
     assert "FID" in stdout and "class accuracy" in stdout and str(out) in stdout
     assert not result["reference_from_cache"] and Path(result["reference_cache_file"]).is_file()
+
+
+@pytest.mark.skipif(not HAS_FASHION_MNIST, reason=f"{DEFAULT_FASHION_MNIST_ROOT} missing")
+def test_eval_samples_takes_a_builtin_split_as_samples(tmp_path, capsys):
+    """`--samples fashion-mnist:train` (the floor row) reads real images like a reference does: with the same 300
+    test images stored as both splits, FID is 0 up to rounding, precision and recall are 1, and class accuracy is
+    the shipped classifier's."""
+    real = FashionMNIST("test", 28)
+    images_NHW, labels_N = real.images_NSS[:300].numpy(), real.labels_N[:300].numpy().astype(np.uint8)
+    for split in ("train", "t10k"):
+        write_fashion_files(tmp_path / "root", split, images_NHW, labels_N)
+    argv = ["eval-samples", "--samples", "fashion-mnist:train", "--reference", "fashion-mnist:test", "--no-progress"]
+    argv += ["--data-root", str(tmp_path / "root"), "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--json", str(tmp_path / "m.json"), "--device", "cpu"]
+    status, _, stderr = run_cli(argv, capsys)
+    assert status == 0, stderr
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["num_samples"] == 300 and abs(result["fid"]) < 1e-3
+    assert result["precision"] == result["recall"] == 1.0 and result["class_accuracy"] > 0.85
 
 
 def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:

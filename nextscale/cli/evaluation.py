@@ -35,7 +35,8 @@ def add_commands(commands) -> None:
         renames=_EVAL_RENAMES,
         choices={"features": FEATURE_NETWORKS},
         helps={
-            "samples": "folder of images (sample-set output; class ids from the file names) or .npz (arr_0, labels)",
+            "samples": "folder of images (sample-set output; class ids from the file names), .npz (arr_0, labels), "
+            "or fashion-mnist:train|test (real images: the floor)",
             "reference": f"{' | '.join(BUILTIN_REFERENCES)} | a folder of images | an .npz",
             "features": "feature network: the shipped Fashion-MNIST classifier or InceptionV3",
             "inception_weights": "local InceptionV3 weights (torch-fidelity's .pth state dict) instead of downloading",

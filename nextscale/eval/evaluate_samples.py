@@ -1,6 +1,7 @@
 """`nextscale eval-samples`: FID, IS, KID, precision/recall and class accuracy of a sample set against a reference.
 
-    samples    a folder of images or an .npz (image_sets.py)
+    samples    a folder of images or an .npz (image_sets.py), or fashion-mnist:train / :test at 32 px: real images
+               scored like samples, the floor a model's figures are read against
     reference  fashion-mnist:test | fashion-mnist:train (loaded at the samples' size) | a folder | an .npz
     features   fmnist (the shipped Fashion-MNIST classifier) | inception (InceptionV3, optionally from a local file)
 
@@ -27,8 +28,10 @@ from nextscale.eval.fidelity_metrics import (
     kernel_distance,
     precision_recall,
 )
-from nextscale.eval.image_sets import load_image_set, load_reference
+from nextscale.eval.image_sets import BUILTIN_REFERENCES, load_image_set, load_reference
 from nextscale.eval.reference_cache import reference_features
+
+BUILTIN_SAMPLES_SIZE = 32  # real Fashion-MNIST given as samples is read at the size the library trains on
 
 TABLE_ROWS = (
     ("fid", "FID", "{:.3f}"),
@@ -44,7 +47,7 @@ TABLE_ROWS = (
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    samples: str  # folder of images or .npz
+    samples: str  # folder of images, .npz, or fashion-mnist:train / :test (real images: the floor row)
     reference: str = "fashion-mnist:test"
     features: str = "fmnist"  # "fmnist" or "inception"
     inception_weights: str | None = None  # local InceptionV3 state dict (.pth); None: torch-fidelity downloads it
@@ -69,7 +72,10 @@ class EvaluationConfig:
 def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     """The metrics as a JSON-ready dict (see TABLE_ROWS; `_std`: the spread over IS splits and KID subsets)."""
     started = time.perf_counter()
-    samples = load_image_set(config.samples, "--samples")
+    if config.samples in BUILTIN_REFERENCES:  # real images as "samples": the floor row (e.g. train against test)
+        samples = load_reference(config.samples, BUILTIN_SAMPLES_SIZE, config.data_root, "--samples")
+    else:
+        samples = load_image_set(config.samples, "--samples")
     if samples.height != samples.width and config.reference.startswith("fashion-mnist"):
         raise ValueError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
     reference = load_reference(config.reference, samples.height, config.data_root, "--reference")
