@@ -110,7 +110,7 @@ def add_commands(commands) -> None:
         VARTrainConfig,
         defaults=recipe.task,
         exclude=("data", "model"),
-        choices={"preset": [*VAR_PRESETS, *RASTER_PRESETS], "architecture": ARCHITECTURES},
+        choices={"preset": list(dict.fromkeys([*VAR_PRESETS, *RASTER_PRESETS])), "architecture": ARCHITECTURES},
     )
     model_group = p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)")
     add_config_options(model_group, VARConfig, exclude=("num_classes",), show_defaults=False)
