@@ -92,8 +92,9 @@ def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(pipe, tmp_path
     npz = pack_npz(folder, expected_names(pipe, config), pipe.image_size, progress=False)
     assert npz == tmp_path / "resumed.npz" and not partial.exists()
     with np.load(npz) as packed:
-        assert list(packed.keys()) == ["arr_0"]
-        array = packed["arr_0"]
+        assert list(packed.keys()) == ["arr_0", "labels"]
+        array, labels = packed["arr_0"], packed["labels"]
+    assert labels.tolist() == [int(name[5:9]) for name in sorted(uninterrupted)]  # class ids from the file names
     assert array.shape == (N, 8, 8, 3) and array.dtype == np.uint8
     assert np.array_equal(array, np.stack([uninterrupted[name] for name in sorted(uninterrupted)]))
 

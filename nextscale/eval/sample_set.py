@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nextscale.eval.image_sets import CLASS_IN_NAME
 from nextscale.images import to_pil
 from nextscale.pipeline import Pipeline
 from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
@@ -271,8 +272,9 @@ def expected_names(pipeline: Pipeline, config: SampleSetConfig) -> list[str]:
 
 def pack_npz(out_dir: str | os.PathLike, names: list[str], image_size: int, progress: bool = True) -> Path:
     """Pack the PNGs `names` (exactly these, no more and no fewer in the folder) in sorted order into `<out_dir>.npz`:
-    arr_0, uint8 (N, H, W, 3). Streams image by image, so 50,000 images need no 10 GB of memory. Removes temporary
-    files left by interrupted runs."""
+    arr_0, uint8 (N, H, W, 3), and labels, int64 (N,): the class in each file name (what eval-samples reads for class
+    accuracy; the OpenAI evaluator reads arr_0 only). Streams image by image, so 50,000 images need no 10 GB of
+    memory. Removes temporary files left by interrupted runs."""
     out_dir = Path(out_dir)
     found = {path.name for path in out_dir.glob("*.png")}
     wanted = set(names)
@@ -302,6 +304,12 @@ def pack_npz(out_dir: str | os.PathLike, names: list[str], image_size: int, prog
             np.lib.format.write_array_header_1_0(member, header)
             for name in tqdm(sorted(names), unit="img", desc="packing npz", disable=not progress, dynamic_ncols=True):
                 member.write(_read_png(out_dir / name, image_size).tobytes())
+        labels_N = np.array([CLASS_IN_NAME.match(name)[1] for name in sorted(names)], dtype=np.int64)
+        with (
+            zipfile.ZipFile(temporary, "a", zipfile.ZIP_STORED, allowZip64=True) as archive,
+            archive.open("labels.npy", "w") as member,
+        ):
+            np.save(member, labels_N)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
