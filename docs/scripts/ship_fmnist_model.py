@@ -1,6 +1,7 @@
 """Write the Fashion-MNIST model that ships inside the package (`nextscale sample --model fmnist`): a trained
-tokenizer and transformer, their weights stored in fp16 to halve the wheel (they load back into fp32 modules, so the
-shipped model *is* the fp16-rounded one and every figure in its nextscale.json is measured on it).
+tokenizer and transformer, their weights stored in fp16 to halve the wheel (they load back into fp32 modules). The
+evaluation recorded in its nextscale.json is the fp32 source model's; the fp16-rounded weights draw the same tokens
+almost everywhere (12,996 of 13,000 for 100 images of the FID setting, seed 0).
 
     python docs/scripts/ship_fmnist_model.py --model runs/ablation/runs/var-full/model \
         --evaluation runs/ablation/shipped_eval.json --out nextscale/assets/fmnist
