@@ -119,7 +119,7 @@ def one_error_line(argv, capsys) -> str:
     [
         (["--cfg", "nan"], "argument --cfg: 'nan' is not a finite number"),
         (["--cfg", "-1"], "cfg must be a finite number ≥ 0"),
-        (["--top-k", "many"], "argument --top-k: 'many' is not a integer"),
+        (["--top-k", "many"], "argument --top-k: 'many' is not an integer"),
         (["--seed", "-3"], "--seed must be in [0, 2^63)"),
         (["--seed", str(2**64)], "--seed must be in [0, 2^63)"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "nope"], "--device"),

@@ -65,7 +65,7 @@ def _value_type(annotation: Any):
                 return parse_patch_nums(text)
             return text
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an' if what[0] in 'aeiou' else 'a'} {what}") from None
 
     parse.__name__ = what
     return parse
