@@ -28,7 +28,7 @@ from nextscale.eval.fidelity_metrics import (
     kernel_distance,
     precision_recall,
 )
-from nextscale.eval.image_sets import BUILTIN_REFERENCES, load_image_set, load_reference
+from nextscale.eval.image_sets import load_reference
 from nextscale.eval.reference_cache import reference_features
 
 BUILTIN_SAMPLES_SIZE = 32  # real Fashion-MNIST given as samples is read at the size the library trains on
@@ -72,10 +72,8 @@ class EvaluationConfig:
 def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     """The metrics as a JSON-ready dict (see TABLE_ROWS; `_std`: the spread over IS splits and KID subsets)."""
     started = time.perf_counter()
-    if config.samples in BUILTIN_REFERENCES:  # real images as "samples": the floor row (e.g. train against test)
-        samples = load_reference(config.samples, BUILTIN_SAMPLES_SIZE, config.data_root, "--samples")
-    else:
-        samples = load_image_set(config.samples, "--samples")
+    # a folder or .npz, or a built-in split: real images as "samples", the floor row (e.g. train against test)
+    samples = load_reference(config.samples, BUILTIN_SAMPLES_SIZE, config.data_root, "--samples")
     if samples.height != samples.width and config.reference.startswith("fashion-mnist"):
         raise ValueError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
     reference = load_reference(config.reference, samples.height, config.data_root, "--reference")
