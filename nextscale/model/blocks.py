@@ -83,7 +83,11 @@ class DropPath(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, num_heads: int, l2_norm: bool):
+    """Multi-head self-attention with VAR's q/v biases. With `l2_norm`, q and k are L2-normalised and the softmax
+    temperature is learned per head; otherwise q·k is multiplied by `scale` (None: the official VAR's 0.25/√c, kept
+    for checkpoint parity; GPT-2 uses 1/√c)."""
+
+    def __init__(self, width: int, num_heads: int, l2_norm: bool, scale: float | None = None):
         super().__init__()
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by {num_heads} heads")
@@ -95,9 +99,11 @@ class SelfAttention(nn.Module):
         if l2_norm:
             # q and k are L2-normalised; the softmax temperature is learned per head, starting at 4, capped at 100
             self.logit_scale = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0)))
+            if scale is not None:
+                raise ValueError("an attention scale applies to plain attention only (l2_norm_attention is on)")
             self.scale = 1.0
         else:
-            self.scale = 0.25 / math.sqrt(self.head_dim)  # the official 0.25 factor, kept for checkpoint parity
+            self.scale = 0.25 / math.sqrt(self.head_dim) if scale is None else scale
         self.proj = nn.Linear(width, width)
 
     def forward(
@@ -144,11 +150,12 @@ class AdaLNBlock(nn.Module):
         l2_norm_attention: bool,
         shared_adaln: bool,
         norm_eps: float,
+        attention_scale: float | None = None,
     ):
         super().__init__()
         self.width = width
         self.norm = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=False)
-        self.attn = SelfAttention(width, num_heads, l2_norm_attention)
+        self.attn = SelfAttention(width, num_heads, l2_norm_attention, attention_scale)
         self.mlp = MLP(width, round(width * mlp_ratio))
         self.drop_path = DropPath(drop_path)
         if shared_adaln:
@@ -199,11 +206,7 @@ class PlainBlock(nn.Module):
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(width, eps=norm_eps)
-        self.attn = SelfAttention(width, num_heads, l2_norm_attention)
-        if attention_scale is not None:
-            if l2_norm_attention:
-                raise ValueError("attention_scale applies to plain attention only (l2_norm_attention is on)")
-            self.attn.scale = attention_scale
+        self.attn = SelfAttention(width, num_heads, l2_norm_attention, attention_scale)
         self.norm2 = nn.LayerNorm(width, eps=norm_eps)
         self.mlp = MLP(width, round(width * mlp_ratio))
         self.drop_path = DropPath(drop_path)

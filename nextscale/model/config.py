@@ -25,6 +25,7 @@ class VARConfig:
     adaln: bool = True  # AdaLN class conditioning in each block; off: plain LayerNorm, class in the start token
     shared_adaln: bool = False  # one AdaLN Linear for all blocks plus per-block biases (the 512-px d36 model)
     l2_norm_attention: bool = True  # L2-normalised q/k with a learned per-head temperature
+    attention_scale: float | None = None  # q·k factor without l2_norm_attention; None → the official 0.25/√(head dim)
     norm_eps: float = 1e-6
     # init_weights(): see VAR.init_weights for what each factor touches
     init_std: float | None = None  # None → sqrt(1/(3·width))
@@ -49,6 +50,15 @@ class VARConfig:
             raise ValueError("shared_adaln needs adaln (there is no modulation to share without it)")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.attention_scale is not None and (self.l2_norm_attention or not self.attention_scale > 0):
+            raise ValueError(
+                f"attention_scale ({self.attention_scale}) must be positive and needs l2_norm_attention off "
+                "(the normalised attention learns its own temperature)"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
 
     @property
     def null_class(self) -> int:

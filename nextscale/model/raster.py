@@ -33,7 +33,8 @@ class RasterConfig:
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0  # stochastic depth of the last block; earlier blocks get a linear ramp from 0
     label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
-    l2_norm_attention: bool = False  # VAR's L2-normalised q/k with a learned temperature; off: softmax(q·k/√c)
+    l2_norm_attention: bool = False  # VAR's L2-normalised q/k with a learned temperature; off: softmax(q·k·scale)
+    attention_scale: float | None = None  # q·k factor without l2_norm_attention; None → GPT-2's 1/√(head dim)
     norm_eps: float = 1e-5  # GPT-2's LayerNorm epsilon
     # init_weights(): GPT-2's rules
     init_std: float = 0.02  # every Linear, embedding and the position embedding
@@ -58,6 +59,8 @@ class RasterConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if not self.norm_eps > 0:
             raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.attention_scale is not None and (self.l2_norm_attention or not self.attention_scale > 0):
+            raise ValueError(f"attention_scale ({self.attention_scale}) must be positive and needs l2_norm_attention off")
         if not self.init_std > 0 or self.init_head_scale < 0:
             raise ValueError(
                 f"init_std must be positive and init_head_scale ≥ 0: {self.init_std}, {self.init_head_scale}"
@@ -121,7 +124,7 @@ class RasterTransformer(nn.Module):
         self.token_embed = nn.Embedding(token_space.vocab_size, C)
         self.pos_embed = nn.Parameter(torch.empty(1, L, C))
         drop_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
-        scale = None if config.l2_norm_attention else 1.0 / math.sqrt(config.head_dim)  # GPT-2's softmax(q·k/√c)
+        scale = None if config.l2_norm_attention else config.attention_scale or 1.0 / math.sqrt(config.head_dim)
         self.blocks = nn.ModuleList(
             PlainBlock(
                 width=C,

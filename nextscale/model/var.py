@@ -49,6 +49,7 @@ class VAR(nn.Module):
             num_heads=config.num_heads,
             mlp_ratio=config.mlp_ratio,
             l2_norm_attention=config.l2_norm_attention,
+            attention_scale=config.attention_scale,
             norm_eps=config.norm_eps,
         )
         if config.adaln:
