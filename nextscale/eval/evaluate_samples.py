@@ -28,12 +28,13 @@ from nextscale.eval.fidelity_metrics import (
     kernel_distance,
     precision_recall,
 )
-from nextscale.eval.image_sets import load_reference
+from nextscale.eval.image_sets import ImageSet, ReconstructedSet, load_reference, tokenizer_reconstruction
 from nextscale.eval.reference_cache import reference_features
 
 BUILTIN_SAMPLES_SIZE = 32  # real Fashion-MNIST given as samples is read at the size the library trains on
 
 TABLE_ROWS = (
+    ("reconstruction_psnr", "PSNR (recon., dB)", "{:.2f}"),
     ("fid", "FID", "{:.3f}"),
     ("inception_score", "Inception Score", "{:.3f}"),
     ("kid", "KID", "{:.5f}"),
@@ -48,6 +49,7 @@ TABLE_ROWS = (
 @dataclass(frozen=True)
 class EvaluationConfig:
     samples: str  # folder of images, .npz, or fashion-mnist:train / :test (real images: the floor row)
+    reconstruct_with: str | None = None  # model folder whose tokenizer round-trips the samples first (its floor)
     reference: str = "fashion-mnist:test"
     features: str = "fmnist"  # "fmnist" or "inception"
     inception_weights: str | None = None  # local InceptionV3 state dict (.pth); None: torch-fidelity downloads it
@@ -77,6 +79,10 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     if samples.height != samples.width and config.reference.startswith("fashion-mnist"):
         raise ValueError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
     reference = load_reference(config.reference, samples.height, config.data_root, "--reference")
+    reconstructed = None
+    if config.reconstruct_with is not None:
+        reconstructed = _reconstructed(samples, config.reconstruct_with, config.device)
+        samples = reconstructed.image_set
     network = build_feature_network(
         config.features,
         inception_weights=config.inception_weights,
@@ -114,6 +120,7 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
         "precision": precision,
         "recall": recall,
         "class_accuracy": accuracy,
+        "reconstruction_psnr": reconstructed.psnr if reconstructed is not None else None,
         "num_samples": samples.num_images,
         "num_reference": reference.num_images,
         "features": network.name,
@@ -129,12 +136,30 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     }
 
 
+def _reconstructed(samples: ImageSet, model_directory: str, device: str) -> ReconstructedSet:
+    """`samples` through the tokenizer of `model_directory` (a model or tokenizer directory, or a shipped name)."""
+    from nextscale.pretrained import from_pretrained
+
+    tokenizer, _ = from_pretrained(model_directory, device)
+    if tokenizer is None:
+        raise ValueError(f"--reconstruct-with {model_directory}: it holds no tokenizer")
+    if tokenizer.config.image_size != samples.height or samples.height != samples.width:
+        raise ValueError(
+            f"--reconstruct-with {model_directory}: the tokenizer takes {tokenizer.config.image_size} px images, "
+            f"the samples are {samples.width}×{samples.height}"
+        )
+    reconstruct = tokenizer_reconstruction(tokenizer)
+    return ReconstructedSet(samples, lambda x: reconstruct(x.to(device)).cpu(), f"the tokenizer of {model_directory}")
+
+
 def format_table(result: dict) -> str:
     """A two-column text table of the main figures."""
     title = f"{result['samples']} vs {result['reference']} ({result['features']} features)"
     lines = [title, "-" * len(title)]
     for key, label, form in TABLE_ROWS:
         value = result.get(key)
+        if key == "reconstruction_psnr" and value is None:
+            continue
         shown = "n/a" if value is None else form.format(value)
         if key in ("inception_score", "kid") and value is not None:
             shown += f" ± {form.format(result[key + '_std'])}"

@@ -223,3 +223,44 @@ def _npz_set(path: Path) -> ImageSet:
         "crc32": member_crc32,
     }
     return ImageSet(str(path), count, height, width, labels_N, fingerprint, read_batches)
+
+
+class ReconstructedSet:
+    """An image set passed through a tokenizer (encode, then decode from the finest f̂): what the best transformer
+    on that tokenizer could produce, so its scores are every model's floor. `reconstruct` maps images in [-1, 1]
+    (B, 3, H, W) to images in [-1, 1] (a tokenizer's: `tokenizer_reconstruction(tokenizer)`). Reading the
+    set accumulates the reconstructions' PSNR against the originals (`psnr`, dB, the mean over images)."""
+
+    def __init__(self, source: ImageSet, reconstruct: Callable[[torch.Tensor], torch.Tensor], description: str) -> None:
+        self.psnr_sum, self.psnr_count = 0.0, 0
+        self.image_set = ImageSet(
+            description=f"{source.description} through {description}",
+            num_images=source.num_images,
+            height=source.height,
+            width=source.width,
+            labels_N=source.labels_N,
+            fingerprint={**source.fingerprint, "reconstructed_by": description},
+            read_batches=lambda batch_size: self._read(source, reconstruct, batch_size),
+        )
+
+    @property
+    def psnr(self) -> float:
+        return self.psnr_sum / max(self.psnr_count, 1)
+
+    def _read(self, source: ImageSet, reconstruct, batch_size: int) -> Iterator[np.ndarray]:
+        from nextscale.eval.metrics import psnr
+
+        self.psnr_sum, self.psnr_count = 0.0, 0
+        for batch_nHW3 in source.batches(batch_size):
+            images_nCHW = torch.as_tensor(np.array(batch_nHW3)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+            with torch.no_grad():
+                out_nCHW = reconstruct(images_nCHW).float().clamp(-1, 1)
+            self.psnr_sum += float(psnr(out_nCHW, images_nCHW).sum())
+            self.psnr_count += len(images_nCHW)
+            yield out_nCHW.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def tokenizer_reconstruction(tokenizer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function that round-trips images through `tokenizer`: encode, decode the f̂ of all scales."""
+    tokenizer.eval()
+    return lambda images_BCHW: tokenizer.decode_fhat(tokenizer.encode_with_fhat(images_BCHW)[1][-1])
