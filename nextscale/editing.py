@@ -185,8 +185,9 @@ def edit(
     given_maps = tokenizer.encode(images.to(device))
     masks = keep_masks_per_scale(keep_mask.to(device), B, model.schedule.patch_nums)
     return sample_scales(
-        model, tokenizer, labels_B, settings, generator, autocast_dtype, (given_maps, masks), trace, on_scale
-    )
+        model, tokenizer, labels_B, settings, generator=generator, autocast_dtype=autocast_dtype,
+        forced=(given_maps, masks), trace=trace, on_scale=on_scale,
+    )  # fmt: skip
 
 
 def edit_strip(input_3HW: torch.Tensor, keep_mask: torch.Tensor, results_N3HW: torch.Tensor) -> Image.Image:

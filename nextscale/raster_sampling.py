@@ -35,7 +35,8 @@ def sample_raster(
     tokenizer: Tokenizer,
     labels_B: torch.Tensor,
     settings: SamplingSettings,
-    generator: torch.Generator | None,
+    *,
+    generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
 ) -> Generation:
@@ -84,23 +85,24 @@ def generate_raster(
     labels: LabelsLike = None,
     settings: SamplingSettings | str | None = None,
     *,
-    cfg: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
     seed: int | None = None,
     batch_size: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
+    **overrides,
 ) -> Generation:
     """Class-conditional images from the raster model, with the meaning of `nextscale.sampling.generate`.
 
     `labels`: a list/tensor of classes, one int for all (`batch_size` copies; negative → unconditional), or None for
     `batch_size` random classes. `settings`: a `SamplingSettings`, a preset name or None (the defaults: cfg 1.5, no
-    filtering); `cfg`, `top_k`, `top_p` override single fields (`more_smooth` is refused: there are no embeddings to
-    smooth). `cfg` is the guidance of every token (0: none). `autocast_dtype=torch.bfloat16` runs the transformer and
+    filtering); keywords cfg=, top_k=, top_p= override single fields, as in `generate` (`more_smooth` and pruning
+    are refused: there are no embeddings to smooth and no scales to prune). `cfg` is the guidance of every token
+    (0: none). `autocast_dtype=torch.bfloat16` runs the transformer and
     decoder in bf16. `trace` keeps each step's guided logits and drawn tokens."""
-    settings = SamplingSettings.resolve(settings, cfg=cfg, top_k=top_k, top_p=top_p)
+    settings = SamplingSettings.resolve(settings, **overrides)
     device = model.pos_embed.device
     generator = make_generator(seed, device)
     labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
-    return sample_raster(model, tokenizer, labels_B, settings, generator, autocast_dtype, trace)
+    return sample_raster(
+        model, tokenizer, labels_B, settings, generator=generator, autocast_dtype=autocast_dtype, trace=trace
+    )

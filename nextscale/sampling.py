@@ -91,6 +91,9 @@ SAMPLING_PRESETS: dict[str, SamplingSettings] = {
 
 @dataclass
 class Generation:
+    """What a sampler returns: the images, the token maps that built them and the classes used; `trace` holds
+    per-scale internals when they were asked for (`trace=True`)."""
+
     images: torch.Tensor  # (B, 3, H, W) in [0, 1]
     token_maps: list[torch.Tensor]  # K × (B, h_k, w_k): the tokens that built the image
     labels: torch.Tensor  # (B,) the classes used (num_classes = unconditional)
@@ -117,6 +120,7 @@ def sample_top_k_top_p(
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Softmax of (logits + Gumbel noise) / tau, the noise drawn from `generator` (the official `more_smooth`)."""
     gumbels = (
         -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=generator).log()
     )
@@ -175,90 +179,127 @@ def _is_integer(value) -> bool:
     )
 
 
+@dataclass
+class ScaleOutput:
+    """What the sampler produced at one scale, for the consumers of `sample_scales` (the trace, previews)."""
+
+    scale: int
+    logits_BlV: torch.Tensor | None  # guided logits before top-k/top-p (a copy, kept only for the trace)
+    drawn_Bl: torch.Tensor  # the tokens drawn, before any forcing
+    token_map_Bhw: torch.Tensor  # the tokens kept: drawn, or forced where editing keeps the input's
+    f_hat: torch.Tensor  # (B, Cv, H, W) f̂ with this scale added; updated in place by the next scale
+    next_input: torch.Tensor  # (B, Cv, h, w) the next scale's input, resized from f̂
+
+
+class _Trace:
+    """The `trace` of a Generation: per scale, the guided logits (before filtering), drawn tokens, f̂ and next input."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[torch.Tensor]] = {"logits": [], "drawn": [], "fhat": [], "next_input": []}
+
+    def __call__(self, out: ScaleOutput) -> None:
+        self.records["logits"].append(out.logits_BlV)
+        self.records["drawn"].append(out.drawn_Bl.clone())
+        self.records["fhat"].append(out.f_hat.clone())
+        self.records["next_input"].append(out.next_input.clone())
+
+
+def _preview(on_scale: ScaleCallback) -> Callable[[ScaleOutput], None]:
+    """A public `on_scale(k, f_hat, token_map)` as a consumer."""
+    return lambda out: on_scale(out.scale, out.f_hat, out.token_map_Bhw)
+
+
 @torch.no_grad()
 def sample_scales(
     model: VAR,
     tokenizer: Tokenizer,
     labels_B: torch.Tensor,
     settings: SamplingSettings,
-    generator: torch.Generator | None,
+    *,
+    generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     forced: ForcedTokens | None = None,
     trace: bool = False,
     on_scale: ScaleCallback | None = None,
 ) -> Generation:
     """The sampler proper: the KV-cached next-scale loop, then the decode. `forced` = (token maps of an input
-    image, per-scale keep masks (B, 1, h, w)) replaces the drawn tokens where the masks keep (zero-shot editing)."""
+    image, per-scale keep masks (B, 1, h, w)) replaces the drawn tokens where the masks keep (zero-shot editing).
+    `trace` keeps each scale's internals in `Generation.trace`; `on_scale(k, f_hat, token_map)` sees each scale."""
     require_same_token_space(tokenizer.token_space, model.token_space)
     schedule, quantizer = model.schedule, tokenizer.quantizer
     K, B = schedule.num_scales, labels_B.shape[0]
     device = labels_B.device
-    cast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    )
-    records: dict[str, list[torch.Tensor]] = {"logits": [], "drawn": [], "fhat": [], "next_input": []}
+    cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    recorder = _Trace() if trace else None
+    consumers = ([recorder] if recorder is not None else []) + ([_preview(on_scale)] if on_scale is not None else [])
     cond_BD = model.class_embed(torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class))))
     x_BlC = model.start_tokens(cond_BD)
     cache = model.new_cache()
     f_hat = torch.zeros(B, quantizer.latent_channels, schedule.final_side, schedule.final_side, device=device)
     token_maps = []
-    codebook_VC = quantizer.codebook.weight
-    hidden_2BCs = None  # the previous scale's last-block outputs as a grid, for pruned scales
+    hidden_2BlC = None  # the previous scale's last-block outputs, for pruned scales
     for k, side in enumerate(schedule.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
         with cast:
-            if settings.prune_ratio > 0 and k > 0 and k >= K - settings.prune_scales:
-                hidden_2BlC = _pruned_hidden(model, x_BlC, cond_BD, cache, hidden_2BCs, side, settings.prune_ratio)
+            if _prunes(settings, k, K):
+                previous_side = schedule.patch_nums[k - 1]
+                hidden_2BlC = _pruned_hidden(model, x_BlC, cond_BD, cache, hidden_2BlC, previous_side, side, settings)
             else:
                 hidden_2BlC = model.step_hidden(x_BlC, cond_BD, cache)
             logits_2BlV = model.logits(hidden_2BlC, cond_BD)
-        if settings.prune_ratio > 0:
-            hidden_2BCs = hidden_2BlC.transpose(1, 2).reshape(2 * B, -1, side, side)
         guidance = settings.cfg * ratio
         logits_BlV = (1 + guidance) * logits_2BlV[:B] - guidance * logits_2BlV[B:]
-        if trace:
-            records["logits"].append(logits_BlV.clone())
+        kept_logits_BlV = logits_BlV.clone() if recorder is not None else None  # the draw filters them in place
         idx_Bl = sample_top_k_top_p(logits_BlV, settings.top_k, settings.top_p, generator)
         if settings.more_smooth:
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)  # annealed as in MaskGIT
-            h_BlC = gumbel_softmax(logits_BlV.mul(1 + ratio), tau, generator) @ codebook_VC.unsqueeze(0)
+            h_BlC = gumbel_softmax(logits_BlV.mul(1 + ratio), tau, generator) @ quantizer.codebook.weight.unsqueeze(0)
         else:
             h_BlC = quantizer.codebook(idx_Bl)
         h_BChw = h_BlC.transpose(1, 2).reshape(B, -1, side, side).float()
         idx_Bhw = idx_Bl.view(B, side, side)
-        if trace:
-            records["drawn"].append(idx_Bl.clone())
         if forced is not None:
-            given_maps, masks = forced
-            force_B1hw = masks[k]
-            h_BChw = torch.where(force_B1hw, quantizer.embed(given_maps[k]).float(), h_BChw)
-            idx_Bhw = torch.where(force_B1hw[:, 0], given_maps[k].view(B, side, side), idx_Bhw)
+            h_BChw, idx_Bhw = _force_tokens(quantizer, forced, k, h_BChw, idx_Bhw)
         token_maps.append(idx_Bhw)
         next_BChw = quantizer.next_input(k, f_hat, h_BChw)
-        if trace:
-            records["fhat"].append(f_hat.clone())
-            records["next_input"].append(next_BChw.clone())
-        if on_scale is not None:
-            on_scale(k, f_hat, idx_Bhw)
+        for consume in consumers:
+            consume(ScaleOutput(k, kept_logits_BlV, idx_Bl, idx_Bhw, f_hat, next_BChw))
         if k < K - 1:
             x_BlC = model.scale_tokens(k + 1, next_BChw.flatten(2).transpose(1, 2)).repeat(2, 1, 1)
     with cast:
         images = tokenizer.decode_fhat(f_hat)
     images = images.float().add_(1).mul_(0.5)
-    return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records if trace else {})
+    records = recorder.records if recorder is not None else {}
+    return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records)
 
 
-def _pruned_hidden(model: VAR, x_2BlC, cond_2BD, cache, previous_2BCs, side: int, prune_ratio: float):
+def _prunes(settings: SamplingSettings, k: int, num_scales: int) -> bool:
+    """Whether scale k is one of the `prune_scales` largest (never the first) and pruning is on."""
+    return settings.prune_ratio > 0 and k > 0 and k >= num_scales - settings.prune_scales
+
+
+def _force_tokens(quantizer, forced: ForcedTokens, k: int, h_BChw: torch.Tensor, idx_Bhw: torch.Tensor):
+    """Zero-shot editing: the input image's tokens (and their embeddings) where scale k's keep mask says so."""
+    given_maps, masks = forced
+    force_B1hw, given_Bhw = masks[k], given_maps[k].view_as(idx_Bhw)
+    h_BChw = torch.where(force_B1hw, quantizer.embed(given_maps[k]).float(), h_BChw)
+    return h_BChw, torch.where(force_B1hw[:, 0], given_Bhw, idx_Bhw)
+
+
+def _pruned_hidden(
+    model: VAR, x_2BlC, cond_2BD, cache, previous_2BlC, previous_side: int, side: int, settings: SamplingSettings
+):
     """FastVAR-style token pruning of one large scale: only the tokens whose input stands out most from the scale's
     mean (the conditional row decides for both CFG rows of an image) go through the transformer; the others take
     the previous scale's last-block outputs, upsampled (nearest) to this grid. Returns (2B, l, C) outputs."""
     twoB, l, C = x_2BlC.shape
-    keep = max(1, round(l * (1 - prune_ratio)))
+    keep = max(1, round(l * (1 - settings.prune_ratio)))
     x_BlC = x_2BlC[: twoB // 2]
     score_Bl = (x_BlC - x_BlC.mean(dim=1, keepdim=True)).float().norm(dim=-1)
     kept_2Bk = score_Bl.topk(keep, dim=1).indices.sort(dim=1).values.repeat(2, 1)
     index_2BkC = kept_2Bk.unsqueeze(-1).expand(-1, -1, C)
     hidden_2BkC = model.step_hidden(x_2BlC.gather(1, index_2BkC), cond_2BD, cache)
+    previous_2BCs = previous_2BlC.transpose(1, 2).reshape(twoB, -1, previous_side, previous_side)
     upsampled = torch.nn.functional.interpolate(previous_2BCs.float(), size=(side, side), mode="nearest")
     full_2BlC = upsampled.flatten(2).transpose(1, 2).to(hidden_2BkC.dtype)
     return full_2BlC.scatter(1, index_2BkC, hidden_2BkC)
@@ -298,4 +339,7 @@ def generate(
     device = model.start_pos.device
     generator = make_generator(seed, device)
     labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
-    return sample_scales(model, tokenizer, labels_B, settings, generator, autocast_dtype, None, trace, on_scale)
+    return sample_scales(
+        model, tokenizer, labels_B, settings, generator=generator, autocast_dtype=autocast_dtype, trace=trace,
+        on_scale=on_scale,
+    )  # fmt: skip

@@ -158,7 +158,9 @@ def force_every_token(model, tokenizer, images, labels, settings, seed):
     masks = keep_masks_per_scale(torch.ones(side, side), B, model.schedule.patch_nums)
     labels_B = torch.full((B,), labels, dtype=torch.int64)
     generator = torch.Generator().manual_seed(seed)
-    return sample_scales(model, tokenizer, labels_B, settings, generator, forced=(tokenizer.encode(images), masks))
+    return sample_scales(
+        model, tokenizer, labels_B, settings, generator=generator, forced=(tokenizer.encode(images), masks)
+    )
 
 
 def test_forcing_every_token_gives_the_tokenizer_reconstruction(debug_models):

@@ -187,7 +187,7 @@ def test_forcing_every_token_returns_the_reconstruction(debug_models):
     forced = (given, keep_masks_per_scale(torch.ones(4, 4), 2, model.schedule.patch_nums))
     labels_B, generator = torch.tensor([3, 8]), torch.Generator().manual_seed(0)
     settings = SamplingSettings(cfg=2.0, top_k=20)
-    out = sample_scales(model, tokenizer, labels_B, settings, generator, forced=forced, trace=True)
+    out = sample_scales(model, tokenizer, labels_B, settings, generator=generator, forced=forced, trace=True)
     assert all(torch.equal(a, b) for a, b in zip(out.token_maps, given))
     assert any(not torch.equal(d.view_as(g), g) for d, g in zip(out.trace["drawn"], given)), "the sampler did draw"
     torch.testing.assert_close(out.images, (tokenizer.decode(given) + 1) / 2, atol=1e-5, rtol=0)
