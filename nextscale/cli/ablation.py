@@ -22,7 +22,7 @@ def add_commands(commands) -> None:
         AblationConfig,
         exclude=("data", "rows"),
         renames={"output_dir": "--out"},
-        choices={"precision": ("fp32", "bf16", "fp16")},
+        choices={"precision": ("fp32", "bf16", "fp16"), "large_precision": ("auto", "fp32", "bf16", "fp16")},
     )
     p.add_argument(
         "--rows", dest="row_names", help="comma-separated rows to run (default: all seven; AR is always needed)"
@@ -35,20 +35,42 @@ def add_commands(commands) -> None:
         exclude=("seed",),
         helps={"name": f"{' | '.join(DATASETS)} | the path of an image folder"},
     )
+    p.add_argument("--plan", action="store_true", help="print every training run with its cost and time; train nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def cmd_ablation(args) -> None:
-    from nextscale.ablation import AblationConfig, run_ablation
+    from nextscale.ablation import AblationConfig, plan, run_ablation
     from nextscale.data.build import DataConfig
 
-    data = build_config(DataConfig, args, _DATA_DEFAULTS, seed=args.seed or 0)
+    data = build_config(DataConfig, args, _DATA_DEFAULTS, seed=0)
     rows = {"rows": tuple(r.strip() for r in args.row_names.split(","))} if args.row_names else {}
     config = build_config(AblationConfig, args, rows, data=data)
-    for flag, folder in (("--tokenizer", config.tokenizer), ("--raster-tokenizer", config.raster_tokenizer)):
+    tokenizers = [("--tokenizer", config.tokenizer)]
+    if not args.plan:
+        tokenizers.append(("--raster-tokenizer", config.raster_tokenizer))
+    for flag, folder in tokenizers:
         if not (Path(folder) / "tokenizer").is_dir():
             raise UsageError(f"{flag} {folder}: no tokenizer/ in it (train one with nextscale train-tokenizer)")
+    if args.plan:
+        print_plan(plan(config))
+        return
     check_output_dir(config.output_dir)
-    results = run_ablation(config, progress=not args.no_progress)
-    print((Path(config.output_dir) / "table.md").read_text())
-    print(f"{len(results)} rows; results.json, table.md and the figures in {config.output_dir}")
+    data = run_ablation(config, progress=not args.no_progress)
+    print(f"{len(data['records'])} row records, {len(data['curves'])} curve points, the costs of "
+          f"{len(data['costs'])} rows in {Path(config.output_dir) / 'ablation.json'}; "
+          "python docs/scripts/ablation_report.py --import <that file> writes the tables and figures")  # fmt: skip
+
+
+def print_plan(runs: list[dict]) -> None:
+    print(
+        f"{'model':10} {'seed':>4} {'parameters':>10} {'images':>8} {'PFLOPs':>7} {'train min':>9} {'eval samples':>12}"
+    )
+    for r in runs:
+        print(f"{r['model']:10} {r['seed']:4d} {r['parameters']:10,d} {r['images']:8d} {r['pflops']:7.3f} "
+              f"{r['train_minutes']:9.1f} {r['evaluation_samples']:12,d}")  # fmt: skip
+    total = sum(r["train_minutes"] for r in runs)
+    print(
+        f"{len(runs)} training runs, {total / 60:.1f} h of training on this machine (measured one step each), "
+        f"{sum(r['evaluation_samples'] for r in runs):,d} images sampled for the evaluation"
+    )

@@ -1,0 +1,87 @@
+"""docs/ablation.md's tables and curves, generated from docs/data/ablation.json (no number is typed by hand).
+
+    python docs/scripts/ablation_report.py --import runs/ablation/ablation.json   # copy a finished run's records in
+    python docs/scripts/ablation_report.py            # rewrite the tables in docs/ablation.md, draw the curves
+    python docs/scripts/ablation_report.py --check    # exit 1 when docs/ablation.md's tables differ from the data
+
+The quality table, the cost table and the curve slopes sit in docs/ablation.md between marker comments
+(`<!-- ablation:NAME -->` … `<!-- /ablation:NAME -->`); everything else in the document is prose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from nextscale.ablation import cost_table, curve_slopes, markdown_table, plot_curves, summarize
+
+DOCS = Path(__file__).resolve().parents[1]
+DATA = DOCS / "data" / "ablation.json"
+DOCUMENT = DOCS / "ablation.md"
+CURVES = DOCS / "ablation_curves.png"
+
+
+def verdicts(data: dict) -> str:
+    """Each step between rows against the paper's ordering (every step lowers FID)."""
+    lines = []
+    for row in summarize(data):
+        if "fid_step" not in row:
+            continue
+        holds = {"gain": "holds", "loss": "does not hold", "within noise": "within noise"}[row["step_verdict"]]
+        lines.append(f"- {row['row']}: FID {row['fid_step']:+.2f} (sd {row['fid_sd']:.2f}): {holds}")
+    return "\n".join(lines) + "\n"
+
+
+def slopes(data: dict) -> str:
+    lines = ["| row | FID at the end | FID change per doubling of images, last two points |", "|---|---|---|"]
+    for name, (final, slope) in curve_slopes(data).items():
+        lines.append(f"| {name} | {final:.2f} | {slope:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS = {"table": markdown_table, "costs": cost_table, "verdicts": verdicts, "slopes": slopes}
+
+
+def render(document: str, data: dict) -> str:
+    """`document` with every marked section replaced by what the data gives."""
+    for name, make in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- ablation:{name} -->\n).*?(<!-- /ablation:{name} -->)", re.S)
+        if not pattern.search(document):
+            raise SystemExit(f"{DOCUMENT}: no <!-- ablation:{name} --> … <!-- /ablation:{name} --> section")
+        text = make(data)
+        document = pattern.sub(lambda m, text=text: m.group(1) + text + m.group(2), document)
+    return document
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="the records (default: docs/data/ablation.json)")
+    parser.add_argument("--document", type=Path, default=DOCUMENT)
+    parser.add_argument("--import", dest="source", type=Path, help="copy this ablation.json to --data first")
+    parser.add_argument("--check", action="store_true", help="compare only; exit 1 when the document differs")
+    parser.add_argument("--curves", type=Path, default=CURVES, help="where the curves figure goes")
+    args = parser.parse_args(argv)
+    if args.source is not None:
+        args.data.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.source, args.data)
+    data = json.loads(args.data.read_text())
+    document = args.document.read_text()
+    rendered = render(document, data)
+    if args.check:
+        if rendered != document:
+            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    args.document.write_text(rendered)
+    if data["curves"]:
+        plot_curves(data, args.curves)
+    print(f"{args.document} rewritten from {args.data}" + (f"; curves in {args.curves}" if data["curves"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
