@@ -214,3 +214,57 @@ def test_figures_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch)
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=r"nextscale\[scaling\]"):
         plot_against_parameters(synthetic_sweep(), tmp_path / "n.png")
+
+
+def test_the_bootstrap_interval_holds_the_true_alpha_of_a_noisy_law_in_most_draws():
+    from nextscale.scaling.fit import bootstrap_alpha_interval
+
+    x = np.geomspace(1e-4, 5e-3, 10)  # ten sizes over 1.7 decades, as a CPU sweep with two seeds
+    generator = np.random.default_rng(0)
+    inside = 0
+    for trial in range(40):
+        y = law(-0.2, 2.0, x) * np.exp(generator.normal(0, 0.02, x.size))
+        low, high = bootstrap_alpha_interval(x, y, draws=400, seed=trial)
+        inside += low <= -0.2 <= high
+        assert low < fit_power_law(x, y).alpha < high
+    assert inside >= 28  # a 90 % interval from a bootstrap over few points: at least 70 % of 40 trials
+
+
+def test_a_floor_fit_finds_an_irreducible_loss_that_a_straight_line_misses():
+    from nextscale.scaling.fit import fit_with_floor, log_residuals
+
+    n = np.geomspace(1e-4, 1e-2, 8)
+    y = 3.0 + law(-0.5, 5e3, n)  # bends towards 3: curved in log-log space
+    plain = fit_power_law(n, y)
+    residuals = log_residuals(plain, n, y)
+    assert residuals[0] > 0 and residuals[len(n) // 2] < 0 and residuals[-1] > 0  # the curvature's signature
+    floor = fit_with_floor(n, y)
+    assert floor.floor == pytest.approx(3.0, rel=0.01) and floor.alpha == pytest.approx(-0.5, rel=0.02)
+    assert floor.rms_log_residual < 0.1 * float(np.sqrt(np.mean(residuals**2)))
+    assert fit_with_floor(n, law(-0.2, 2.0, n)).floor < 0.01 * law(-0.2, 2.0, n).min()  # a pure law has none
+
+
+def test_fits_json_refits_from_runs_json_with_fit_power_law(tmp_path):
+    """The records a sweep writes (runs.json) give back the numbers of its fits.json when refitted by hand."""
+    from nextscale.scaling.analysis import curves_from_runs, scaling_fits
+
+    runs = []
+    for depth, parameters in ((1, 1e5), (2, 4e5), (3, 1.2e6), (4, 2.8e6), (5, 5.4e6)):
+        for seed in (0, 1):
+            shift = 1 + 0.01 * (seed - 0.5)
+            points = [{"step": s, "pflops": s * parameters * 1e-9,
+                       **{m: law(a, b, parameters / 1e9) * shift * (1 + 1 / s) for m, (a, b) in PAPER_N_LAWS.items()}}
+                      for s in (1, 2, 4, 8)]  # fmt: skip
+            runs.append({"name": f"d{depth}-seed{seed}", "parameters": int(parameters), "points": points})
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    fits = scaling_fits(curves_from_runs(json.loads((tmp_path / "runs.json").read_text())))
+    for metric in METRICS:
+        by_hand = fit_power_law([r["parameters"] / 1e9 for r in runs], [r["points"][-1][metric] for r in runs])
+        recorded = fits["against_parameters"][metric]
+        assert (recorded["alpha"], recorded["beta"], recorded["pearson_r"]) == pytest.approx(tuple(by_hand))
+        assert recorded["points"] == 10 and len(recorded["log_residuals"]) == 10
+        low, high = recorded["alpha_interval_90"]
+        assert low <= recorded["alpha"] <= high
+        frontier = np.array(fits["against_compute"][metric]["xy"])
+        refit = fit_power_law(frontier[:, 0], frontier[:, 1])
+        assert fits["against_compute"][metric]["alpha"] == pytest.approx(refit.alpha)

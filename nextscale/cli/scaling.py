@@ -42,7 +42,7 @@ def cmd_scaling(args) -> None:
     from nextscale.pretrained import load_tokenizer
     from nextscale.scaling.sweep import SweepConfig, plan, report, train_runs
 
-    data = build_config(DataConfig, args, {"name": "fashion-mnist", "image_size": 32}, seed=args.seed or 0)
+    data = build_config(DataConfig, args, {"name": "fashion-mnist", "image_size": 32}, seed=0)
     config = build_config(SweepConfig, args, data=data)
     if not (Path(config.tokenizer) / "tokenizer").is_dir():
         raise UsageError(f"--tokenizer {config.tokenizer}: no tokenizer/ in it (train one with train-tokenizer)")
@@ -53,10 +53,15 @@ def cmd_scaling(args) -> None:
     num_classes = data.build("train").num_classes
     space = tokenizer.token_space
     if args.plan:
-        print(f"{'run':>4} {'width':>5} {'heads':>5} {'N':>10} {'images':>8} {'tokens':>11} {'PFLOPs':>8} {'hours':>6}")
-        for p in plan(config, space, num_classes, probe=True):
-            print(f"d{p.depth:<3} {p.width:5d} {p.heads:5d} {p.parameters:10,d} {p.images:8d} {p.tokens:11,d} "
-                  f"{p.pflops:8.3f} {p.estimated_hours:6.2f}")  # fmt: skip
+        print(f"{'run':>9} {'width':>5} {'heads':>5} {'N':>10} {'images':>8} {'tokens':>11} {'PFLOPs':>8} {'hours':>6}")
+        plans = plan(config, space, num_classes, probe=True)
+        for p in plans:
+            print(f"d{p.depth}-seed{p.seed:<3} {p.width:5d} {p.heads:5d} {p.parameters:10,d} {p.images:8d} "
+                  f"{p.tokens:11,d} {p.pflops:8.3f} {p.estimated_hours:6.2f}")  # fmt: skip
+        print(
+            f"{len(plans)} runs, {sum(p.estimated_hours for p in plans):.2f} h of training (one probe step per size; "
+            f"evaluated at steps {', '.join(map(str, config.evaluation_steps))}, {config.eval_images} images each)"
+        )
         return
     if not args.report_only:
         train_runs(config, progress=not args.no_progress)

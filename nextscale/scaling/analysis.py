@@ -18,7 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nextscale.scaling.fit import PowerLawFit, fit_power_law
+from nextscale.scaling.fit import (
+    PowerLawFit,
+    bootstrap_alpha_interval,
+    fit_power_law,
+    fit_with_floor,
+    log_residuals,
+)
 from nextscale.scaling.frontier import compute_optimal_points
 
 METRICS = ("L_last", "L_avg", "Err_last", "Err_avg")
@@ -63,6 +69,20 @@ class RunCurve:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "parameters": self.parameters, "flops": list(self.flops), "metrics": self.metrics}
+
+
+def curves_from_runs(runs: Sequence[dict], metrics: Sequence[str] = METRICS) -> list[RunCurve]:
+    """RunCurves from the records of a sweep's runs.json (each with `name`, `parameters` and `points`, every point
+    with `pflops` and the metrics)."""
+    return [
+        RunCurve(
+            name=run["name"],
+            parameters=run["parameters"],
+            flops=[point["pflops"] * COMPUTE_UNIT for point in run["points"]],
+            metrics={metric: [point[metric] for point in run["points"]] for metric in metrics},
+        )
+        for run in runs
+    ]
 
 
 class FrontierFit(NamedTuple):
@@ -112,18 +132,18 @@ def scaling_fits(
     compute_range: tuple[float, float] | None = None,
 ) -> dict:
     """Every metric's law against N and against C_min, as a JSON-ready dict: {"law", "units", "against_parameters":
-    {metric: {alpha, beta, pearson_r, points}}, "against_compute": {metric: {alpha, beta, pearson_r, points,
-    frontier: [[C_min, value], …]}}, "runs": [{name, parameters, flops, final: {metric: value}}]}."""
+    {metric: fit}, "against_compute": {metric: fit}, "runs": [{name, parameters, flops, final: {metric: value}}]},
+    each fit {alpha, beta, pearson_r, points, xy: [[x, y], …] (the points fitted: every run's final evaluation
+    against N, the Pareto frontier against C_min), log_residuals, alpha_interval_90 (bootstrap over the points) and
+    floor: the fit L = L∞ + (β·X)^α (see `fit_with_floor`)}; against C_min also "frontier" (= xy)."""
     against_parameters, against_compute = {}, {}
     for metric in metrics:
         law = fit_against_parameters(runs, metric, parameter_unit=parameter_unit)
-        against_parameters[metric] = {**law.to_dict(), "points": len(runs)}
+        n_x = [run.parameters / parameter_unit for run in runs]
+        against_parameters[metric] = fit_record(law, n_x, [run.final(metric) for run in runs])
         frontier = fit_against_compute(runs, metric, compute_unit=compute_unit, compute_range=compute_range)
-        against_compute[metric] = {
-            **frontier.law.to_dict(),
-            "points": int(frontier.c_min.size),
-            "frontier": [[float(c), float(v)] for c, v in zip(frontier.c_min, frontier.values)],
-        }
+        against_compute[metric] = fit_record(frontier.law, frontier.c_min, frontier.values)
+        against_compute[metric]["frontier"] = against_compute[metric]["xy"]
     return {
         "law": "metric = (beta * X)^alpha, least squares in log-log space; pearson_r of log X and log metric",
         "units": {"parameters": parameter_unit, "compute_flops": compute_unit},
@@ -139,6 +159,20 @@ def scaling_fits(
             for run in runs
         ],
     }
+
+
+def fit_record(law: PowerLawFit, x, y) -> dict:
+    """A fitted law with its points and the statistics that say how much to trust it (see `scaling_fits`)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    record = {**law.to_dict(), "points": int(x.size), "xy": [[float(a), float(b)] for a, b in zip(x, y)]}
+    record["log_residuals"] = [float(r) for r in log_residuals(law, x, y)]
+    record["alpha_interval_90"] = list(bootstrap_alpha_interval(x, y)) if x.size >= 3 else None
+    if x.size >= 3:
+        floor = fit_with_floor(x, y)
+        record["floor"] = {"floor": floor.floor, "alpha": floor.alpha, "beta": floor.beta,
+                           "rms_log_residual": floor.rms_log_residual}  # fmt: skip
+        record["rms_log_residual"] = float(np.sqrt(np.mean(np.square(record["log_residuals"]))))
+    return record
 
 
 def write_fits_json(runs: Sequence[RunCurve], path: str | Path, **options) -> Path:

@@ -2,17 +2,19 @@
 evaluated at regular compute points, then fitted with the paper's power laws.
 
     sweep_dir/
-      d2/ d3/ …            ordinary training runs (`nextscale train` layout: checkpoints/, metrics.jsonl, model/)
-      token_cache/         the data set's tokens, encoded once for all runs
-      runs.json            per run: depth, width, heads, N, images, tokens, PFLOPs, final test metrics
-      fits.json            α, β and Pearson r of L_last, L_avg, Err_last, Err_avg against N and C_min
+      d2-seed0/ d3-seed0/ …  ordinary training runs (`nextscale train` layout: checkpoints/, metrics.jsonl, model/)
+      token_cache/           the data set's tokens, encoded once for all runs
+      runs.json              per run: depth, seed, width, heads, N, token budget, and every evaluation point
+      fits.json              each metric against N and C_min: α, β, Pearson r, the points, residuals, α's interval
       loss_vs_parameters.png, loss_vs_compute.png    the paper's Fig. 5 and Fig. 6
 
 Every run is resumable, so rerunning the sweep continues where it stopped and skips finished runs. Sizes follow
-the paper's rule (width 64·depth, one 64-wide head per 64 channels) unless `width_per_depth` says otherwise.
-Test metrics are read from the runs' periodic evaluations on the data's validation split (Fashion-MNIST: the 10k
-test images, `eval_images` of them per point): L_last = loss of the last scale, L_avg = mean over all tokens, Err =
-1 − top-1 accuracy.
+the paper's rule (width 64·depth, one 64-wide head per 64 channels) unless `width_per_depth` says otherwise; every
+size trains once per seed. Each run trains `evaluations × spacing` steps, spacing = round(images / batch /
+evaluations), and is evaluated after every `spacing` steps, so the points are evenly spread and the last is the final
+step (e.g. 24,000 images at batch 64 with 6 evaluations: 372 steps, evaluated at 62, 124, …, 372). Each evaluation
+reads exactly `eval_images` images of the data's validation split (Fashion-MNIST: the test images): L_last = loss of
+the last scale, L_avg = mean over all tokens, Err = 1 − top-1 accuracy.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 
 from nextscale.data.build import DataConfig
 from nextscale.model.config import VARConfig
-from nextscale.scaling.analysis import RunCurve, write_fits_json
+from nextscale.scaling.analysis import RunCurve, curves_from_runs, write_fits_json
 from nextscale.scaling.flops import training_flops_per_image
 from nextscale.scaling.parameters import parameter_count
 from nextscale.token_space import TokenSpace
@@ -51,13 +53,13 @@ class SweepConfig:
     depths: tuple[int, ...] = (2, 3, 4, 5, 6)  # one run per depth
     width_per_depth: int = 64  # width = width_per_depth · depth (the paper: 64)
     head_width: int = 64  # heads = width / head_width (the paper: 64)
-    images: int = 50_000  # training images per run: the same token budget for every size
+    images: int = 50_000  # training images per run (rounded to whole evaluation spacings): one token budget for all
     batch_size: int = 64
     base_lr: float = 1e-3  # per 256 images (lr = base_lr × batch_size / 256), as the training recipe
-    evaluations: int = 8  # evaluation points per run, evenly spaced in steps (so in compute)
-    eval_images: int = 2000  # test images per evaluation point
+    evaluations: int = 8  # evaluation points per run, evenly spaced in steps (so in compute), the last the final step
+    eval_images: int = 2048  # validation images per evaluation point (a multiple of batch_size)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 only where the hardware has it)
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # every size trains once per seed
     data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist", image_size=32))
 
     def __post_init__(self) -> None:
@@ -68,14 +70,34 @@ class SweepConfig:
             raise ValueError(f"images ({self.images}) must be at least one batch ({self.batch_size})")
         if self.evaluations < 2 or self.eval_images < 1:
             raise ValueError("a sweep needs at least 2 evaluation points and 1 evaluation image")
+        if self.eval_images % self.batch_size:
+            raise ValueError(
+                f"eval_images ({self.eval_images}) must be a multiple of batch_size ({self.batch_size}): evaluations "
+                "read whole batches, and the number the flag says is the number read"
+            )
+        if self.images < self.batch_size * self.evaluations:
+            raise ValueError(f"images ({self.images}) must give at least one step per evaluation ({self.evaluations})")
+        self.seeds = tuple(sorted(set(int(s) for s in self.seeds)))
+        if not self.seeds:
+            raise ValueError("a sweep needs at least one seed")
         for depth in self.depths:
             width = self.width_per_depth * depth
             if width % self.head_width:
                 raise ValueError(f"width {width} of depth {depth} is not a multiple of head_width {self.head_width}")
 
     @property
+    def spacing(self) -> int:
+        """Steps between evaluations."""
+        return max(round(self.images / self.batch_size / self.evaluations), 1)
+
+    @property
     def steps(self) -> int:
-        return self.images // self.batch_size
+        return self.spacing * self.evaluations
+
+    @property
+    def evaluation_steps(self) -> list[int]:
+        """The steps evaluated: every `spacing` steps, the last one the final step."""
+        return [self.spacing * (i + 1) for i in range(self.evaluations)]
 
     def model_overrides(self, depth: int) -> dict:
         width = self.width_per_depth * depth
@@ -85,6 +107,7 @@ class SweepConfig:
 @dataclass
 class RunPlan:
     depth: int
+    seed: int
     width: int
     heads: int
     parameters: int  # N
@@ -103,13 +126,17 @@ class RunPlan:
 def plan(config: SweepConfig, token_space: TokenSpace, num_classes: int, probe: bool = False) -> list[RunPlan]:
     """N, tokens and FLOPs of every run; with `probe`, the measured seconds of a training step (for the estimate)."""
     plans = []
-    for depth in config.depths:
+    seconds = {}  # the probe's step time per depth (seeds share it)
+    for depth, seed in config_runs(config):
         model_config = _model_config(config, depth, num_classes)
         per_image = training_flops_per_image(model_config, token_space)
         steps = config.steps
+        if probe and depth not in seconds:
+            seconds[depth] = _time_a_step(model_config, token_space, config)
         plans.append(
             RunPlan(
                 depth=depth,
+                seed=seed,
                 width=model_config.width,
                 heads=model_config.num_heads,
                 parameters=parameter_count(model_config, token_space),
@@ -117,7 +144,7 @@ def plan(config: SweepConfig, token_space: TokenSpace, num_classes: int, probe: 
                 images=steps * config.batch_size,
                 tokens=steps * config.batch_size * token_space.schedule.total_length,
                 pflops=steps * config.batch_size * per_image / 1e15,
-                seconds_per_step=_time_a_step(model_config, token_space, config) if probe else None,
+                seconds_per_step=seconds.get(depth) if probe else None,
             )
         )
     return plans
@@ -155,8 +182,17 @@ def _time_a_step(model_config: VARConfig, token_space: TokenSpace, config: Sweep
     return min(step() for _ in range(3))
 
 
-def run_directory(config: SweepConfig, depth: int) -> Path:
-    return Path(config.output_dir) / f"d{depth}"
+def config_runs(config: SweepConfig) -> list[tuple[int, int]]:
+    """(depth, seed) of every run, smallest first."""
+    return [(depth, seed) for depth in config.depths for seed in config.seeds]
+
+
+def run_name(depth: int, seed: int) -> str:
+    return f"d{depth}-seed{seed}"
+
+
+def run_directory(config: SweepConfig, depth: int, seed: int) -> Path:
+    return Path(config.output_dir) / run_name(depth, seed)
 
 
 def train_runs(config: SweepConfig, progress: bool = True) -> None:
@@ -167,12 +203,11 @@ def train_runs(config: SweepConfig, progress: bool = True) -> None:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
-    steps = config.steps
-    eval_every = max(steps // config.evaluations, 1)
-    for depth in config.depths:
-        directory = run_directory(config, depth)
+    steps, eval_every = config.steps, config.spacing
+    for depth, seed in config_runs(config):
+        directory = run_directory(config, depth, seed)
         if _finished(directory, steps):
-            logger.info("d%d: finished earlier (%s)", depth, directory)
+            logger.info("%s: finished earlier (%s)", run_name(depth, seed), directory)
             continue
         task = VARTask(
             VARTrainConfig(
@@ -189,14 +224,14 @@ def train_runs(config: SweepConfig, progress: bool = True) -> None:
             batch_size=config.batch_size,
             base_lr=config.base_lr,
             precision=config.precision,
-            seed=config.seed,
+            seed=seed,
             log_every=eval_every,
             eval_every=eval_every,
-            eval_batches=max(config.eval_images // config.batch_size, 1),
+            eval_batches=config.eval_images // config.batch_size,
             save_every=eval_every,
             progress=progress,
         )
-        logger.info("d%d: training %d steps in %s", depth, steps, directory)
+        logger.info("%s: training %d steps in %s", run_name(depth, seed), steps, directory)
         run(task, loop)
 
 
@@ -224,8 +259,8 @@ def collect(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> l
     """Each finished run's evaluation curve: cumulative training FLOPs (steps × batch × FLOPs per image) and the
     four metrics at every evaluation point."""
     curves = []
-    for depth in config.depths:
-        records = {r["step"]: r for r in _eval_records(run_directory(config, depth))}  # the last one per step wins
+    for depth, seed in config_runs(config):
+        records = {r["step"]: r for r in _eval_records(run_directory(config, depth, seed))}  # the last per step wins
         if not records:
             continue
         model_config = _model_config(config, depth, num_classes)
@@ -233,7 +268,7 @@ def collect(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> l
         steps = sorted(records)
         curves.append(
             RunCurve(
-                name=f"d{depth}",
+                name=run_name(depth, seed),
                 parameters=parameter_count(model_config, token_space),
                 flops=[s * config.batch_size * per_image for s in steps],
                 metrics={m: [value(records[s]) for s in steps] for m, value in METRICS_FROM_LOG.items()},
@@ -242,21 +277,38 @@ def collect(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> l
     return curves
 
 
+def run_records(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> list[dict]:
+    """runs.json: per finished run its depth, seed, shape, N, token budget and every evaluation point (step, tokens,
+    training PFLOPs so far, L_last, L_avg, Err_last, Err_avg)."""
+    plans = {(p.depth, p.seed): p for p in plan(config, token_space, num_classes)}
+    tokens_per_image = token_space.schedule.total_length
+    runs = []
+    for depth, seed in config_runs(config):
+        records = {r["step"]: r for r in _eval_records(run_directory(config, depth, seed))}
+        if not records:
+            continue
+        p = plans[(depth, seed)]
+        per_image = p.pflops / p.images
+        points = [{"step": step, "tokens": step * config.batch_size * tokens_per_image,
+                   "pflops": step * config.batch_size * per_image,
+                   **{metric: value(records[step]) for metric, value in METRICS_FROM_LOG.items()}}
+                  for step in sorted(records)]  # fmt: skip
+        runs.append({"name": run_name(depth, seed), "depth": depth, "seed": seed, "width": p.width, "heads": p.heads,
+                     "parameters": p.parameters, "steps": p.steps, "images": p.images, "token_budget": p.tokens,
+                     "points": points})  # fmt: skip
+    return runs
+
+
 def report(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> dict:
     """Write runs.json, fits.json and the two figures from the finished runs; returns the fits."""
     from nextscale.scaling.plots import plot_against_compute, plot_against_parameters
 
     out = Path(config.output_dir)
-    curves = collect(config, token_space, num_classes)
-    if len(curves) < 2:
-        raise ValueError(f"{out}: fits need at least two finished runs, found {len(curves)}")
-    plans = {f"d{p.depth}": p for p in plan(config, token_space, num_classes)}
-    runs = []
-    for curve in curves:
-        final = {metric: values[-1] for metric, values in curve.metrics.items()}
-        row = {**asdict(plans[curve.name]), "name": curve.name, "final": final, "final_pflops": curve.flops[-1] / 1e15}
-        runs.append(row)
-    (out / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    runs = run_records(config, token_space, num_classes)
+    if len(runs) < 2:
+        raise ValueError(f"{out}: fits need at least two finished runs, found {len(runs)}")
+    (out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
+    curves = curves_from_runs(runs)
     fits_path = write_fits_json(curves, out / "fits.json")
     plot_against_parameters(curves, out / "loss_vs_parameters.png")
     plot_against_compute(curves, out / "loss_vs_compute.png")
