@@ -6,37 +6,64 @@ out.images  # (2, 3, 256, 256) in [0, 1]
 
 pipe = nextscale.Pipeline.from_pretrained("runs/var/model")  # or Pipeline.from_official(...)
 pipe.generate(["class name", 3], seed=0, output_type="pil")
+
+The names below are imported on first use: `import nextscale.cli` must not load torch, so that the command line
+answers --help and argument mistakes at once.
 """
 
-from nextscale.convert import load_official
-from nextscale.editing import box_mask, edit, edit_strip, keep_mask_for
-from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
-from nextscale.model.var import VAR
-from nextscale.pipeline import Pipeline
-from nextscale.pretrained import from_pretrained, save_pretrained
-from nextscale.sampling import SAMPLING_PRESETS, Generation, SamplingSettings, generate
-from nextscale.scales import SCHEDULES, ScaleSchedule
-from nextscale.token_space import TokenSpace
-from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, tokenizer_preset
-from nextscale.weights import CheckpointError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from nextscale.errors import UsageError
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_official": "nextscale.convert",
+    "box_mask": "nextscale.editing",
+    "edit": "nextscale.editing",
+    "edit_strip": "nextscale.editing",
+    "keep_mask_for": "nextscale.editing",
+    "VAR_PRESETS": "nextscale.model.config",
+    "VARConfig": "nextscale.model.config",
+    "var_preset": "nextscale.model.config",
+    "VAR": "nextscale.model.var",
+    "Pipeline": "nextscale.pipeline",
+    "from_pretrained": "nextscale.pretrained",
+    "save_pretrained": "nextscale.pretrained",
+    "SAMPLING_PRESETS": "nextscale.sampling",
+    "Generation": "nextscale.sampling",
+    "SamplingSettings": "nextscale.sampling",
+    "generate": "nextscale.sampling",
+    "SCHEDULES": "nextscale.scales",
+    "ScaleSchedule": "nextscale.scales",
+    "TokenSpace": "nextscale.token_space",
+    "TOKENIZER_PRESETS": "nextscale.tokenizer.tokenizer",
+    "Tokenizer": "nextscale.tokenizer.tokenizer",
+    "TokenizerConfig": "nextscale.tokenizer.tokenizer",
+    "tokenizer_preset": "nextscale.tokenizer.tokenizer",
+    "CheckpointError": "nextscale.weights",
+}
+
 __all__ = [
-    "SAMPLING_PRESETS",
-    "SCHEDULES",
-    "TOKENIZER_PRESETS",
-    "VAR",
-    "VAR_PRESETS",
     "CheckpointError",
     "Generation",
     "Pipeline",
+    "SAMPLING_PRESETS",
+    "SCHEDULES",
     "SamplingSettings",
     "ScaleSchedule",
+    "TOKENIZER_PRESETS",
     "TokenSpace",
     "Tokenizer",
     "TokenizerConfig",
+    "UsageError",
+    "VAR",
     "VARConfig",
+    "VAR_PRESETS",
     "box_mask",
     "edit",
     "edit_strip",
@@ -48,3 +75,29 @@ __all__ = [
     "tokenizer_preset",
     "var_preset",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nextscale' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:
+    from nextscale.convert import load_official
+    from nextscale.editing import box_mask, edit, edit_strip, keep_mask_for
+    from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
+    from nextscale.model.var import VAR
+    from nextscale.pipeline import Pipeline
+    from nextscale.pretrained import from_pretrained, save_pretrained
+    from nextscale.sampling import SAMPLING_PRESETS, Generation, SamplingSettings, generate
+    from nextscale.scales import SCHEDULES, ScaleSchedule
+    from nextscale.token_space import TokenSpace
+    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, Tokenizer, TokenizerConfig, tokenizer_preset
+    from nextscale.weights import CheckpointError

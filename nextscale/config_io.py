@@ -15,6 +15,8 @@ import typing
 from functools import cache
 from typing import Any, TypeVar
 
+from nextscale.errors import UsageError
+
 T = TypeVar("T")
 
 
@@ -40,33 +42,33 @@ def coerce(annotation: Any, value: Any, where: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{where} must not be empty (null)")
+        raise UsageError(f"{where} must not be empty (null)")
     if dataclasses.is_dataclass(inner) and isinstance(inner, type):
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be an object with the fields of {inner.__name__}")
+            raise UsageError(f"{where} must be an object with the fields of {inner.__name__}")
         return config_from_dict(inner, value, where)
     if typing.get_origin(inner) is tuple:
         item_type = typing.get_args(inner)[0]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {type(value).__name__}")
+            raise UsageError(f"{where} must be a list, got {type(value).__name__}")
         return tuple(coerce(item_type, item, f"{where}[{i}]") for i, item in enumerate(value))
     if inner is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise UsageError(f"{where} must be true or false, got {value!r}")
         return value
     if inner is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise UsageError(f"{where} must be an integer, got {value!r}")
         return value
     if inner is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise UsageError(f"{where} must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, got {value!r}")
+            raise UsageError(f"{where} must be a finite number, got {value!r}")
         return float(value)
     if inner is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise UsageError(f"{where} must be a string, got {value!r}")
         return value
     return value  # other annotations (Any, dicts) are taken as they are
 
@@ -75,16 +77,16 @@ def config_from_dict(config_class: type[T], data: dict, source: str = "config") 
     """Build `config_class` from `data`, refusing unknown fields and wrongly typed values (ValueError naming
     `source` and the field). Missing fields take their defaults. The constructor's own validation still runs."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source} must be a JSON object with the fields of {config_class.__name__}")
+        raise UsageError(f"{source} must be a JSON object with the fields of {config_class.__name__}")
     types_ = field_types(config_class)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        raise ValueError(f"{source}: {config_class.__name__} has no field(s) {', '.join(unknown)}")
+        raise UsageError(f"{source}: {config_class.__name__} has no field(s) {', '.join(unknown)}")
     values = {name: coerce(types_[name], value, f"{source}: {name}") for name, value in data.items()}
     try:
         return config_class(**values)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from None
+        raise UsageError(f"{source}: {err}") from None
 
 
 def config_to_dict(config: Any) -> dict:

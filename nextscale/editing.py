@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nextscale.errors import UsageError
 from nextscale.images import make_grid, to_pil
 from nextscale.model.var import VAR
 from nextscale.sampling import (
@@ -47,7 +48,7 @@ def check_box(y0: float, x0: float, y1: float, x1: float) -> None:
     """Coordinates are fractions of the image: 0 ≤ y0 < y1 ≤ 1 and 0 ≤ x0 < x1 ≤ 1."""
     for name, low, high in (("y", y0, y1), ("x", x0, x1)):
         if not 0.0 <= low < high <= 1.0:
-            raise ValueError(
+            raise UsageError(
                 f"box {name}0={low:g}, {name}1={high:g}: coordinates are fractions in [0, 1] with {name}0 < {name}1"
             )
 
@@ -85,7 +86,7 @@ def mask_from_image(mask_image: Image.Image, side: int, image_size: tuple[int, i
     size = mask_image.size
     if size[0] != size[1] and size != image_size:
         expected = f" or {image_size[0]}×{image_size[1]} like the input image" if image_size else ""
-        raise ValueError(f"the mask is {size[0]}×{size[1]}; it must be square{expected}")
+        raise UsageError(f"the mask is {size[0]}×{size[1]}; it must be square{expected}")
     grey = center_square(mask_image.convert("L"))
     values_HW = torch.from_numpy(np.array(grey, dtype=np.uint8))
     area_11HW = F.interpolate(values_HW.float().div(255.0)[None, None], size=(side, side), mode="area")
@@ -103,9 +104,9 @@ def keep_mask_for(
     picture (white = regenerate) or a (side, side) tensor from `mask_from_image` (1 = regenerate). Raises ValueError
     when the edit would regenerate or keep nothing."""
     if mode not in EDIT_MODES:
-        raise ValueError(f"unknown edit mode {mode!r}; choose from {', '.join(EDIT_MODES)}")
+        raise UsageError(f"unknown edit mode {mode!r}; choose from {', '.join(EDIT_MODES)}")
     if (box is None) == (mask_image is None):
-        raise ValueError("give either a box or a mask")
+        raise UsageError("give either a box or a mask")
     if box is not None:
         inside = box_mask(side, *box)
         keep = inside if mode == "outpaint" else 1.0 - inside
@@ -113,13 +114,13 @@ def keep_mask_for(
     else:
         regenerate = mask_image if isinstance(mask_image, torch.Tensor) else mask_from_image(mask_image, side)
         if regenerate.shape != (side, side):
-            raise ValueError(f"the regenerate mask must be {side}×{side}, got {tuple(regenerate.shape)}")
+            raise UsageError(f"the regenerate mask must be {side}×{side}, got {tuple(regenerate.shape)}")
         keep = 1.0 - regenerate.float()
         what = f"the mask (area-averaged to the {side}×{side} token grid)"
     if keep.min() > 0:
-        raise ValueError(f"nothing to regenerate: {what} leaves every token as it is")
+        raise UsageError(f"nothing to regenerate: {what} leaves every token as it is")
     if keep.max() == 0:
-        raise ValueError(f"nothing kept: {what} regenerates every token (use `nextscale sample` for new images)")
+        raise UsageError(f"nothing kept: {what} regenerates every token (use `nextscale sample` for new images)")
     return keep
 
 
@@ -127,16 +128,16 @@ def check_keep_mask(keep_mask: torch.Tensor, side: int, batch_size: int | None =
     """A keep mask is (side, side) or (B, side, side) with values in {0, 1}, keeps at least one token and regenerates
     at least one of every image (otherwise it is not an edit)."""
     if keep_mask.dim() not in (2, 3) or tuple(keep_mask.shape[-2:]) != (side, side):
-        raise ValueError(f"keep_mask must be ({side}, {side}) or (B, {side}, {side}), got {tuple(keep_mask.shape)}")
+        raise UsageError(f"keep_mask must be ({side}, {side}) or (B, {side}, {side}), got {tuple(keep_mask.shape)}")
     if keep_mask.dim() == 3 and batch_size is not None and keep_mask.shape[0] != batch_size:
-        raise ValueError(f"keep_mask has {keep_mask.shape[0]} masks for {batch_size} images")
+        raise UsageError(f"keep_mask has {keep_mask.shape[0]} masks for {batch_size} images")
     mask = keep_mask.float().reshape(-1, side * side)
     if not torch.all((mask == 0) | (mask == 1)):
-        raise ValueError("keep_mask values must be 0 (regenerate) or 1 (keep)")
+        raise UsageError("keep_mask values must be 0 (regenerate) or 1 (keep)")
     if bool((mask.min(dim=1).values > 0).any()):
-        raise ValueError("nothing to regenerate: the keep mask keeps every token (1 everywhere)")
+        raise UsageError("nothing to regenerate: the keep mask keeps every token (1 everywhere)")
     if bool((mask.max(dim=1).values == 0).any()):
-        raise ValueError("nothing kept: the keep mask regenerates every token (use generate for new images)")
+        raise UsageError("nothing kept: the keep mask regenerates every token (use generate for new images)")
 
 
 def keep_masks_per_scale(keep_mask: torch.Tensor, batch_size: int, sides: tuple[int, ...]) -> list[torch.Tensor]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from nextscale.errors import UsageError
+
 
 def to_uint8(images_B3HW: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) floats in [0, 1] → (B, H, W, 3) uint8."""
@@ -47,5 +49,9 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except OSError as err:
-        raise ValueError(f"{path} is not a readable image: {err}") from None
+    except Image.DecompressionBombError:  # PIL's guard against a small file that decodes to gigabytes
+        raise UsageError(
+            f"{path} is too large to read: more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (resize it first)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UsageError(f"{path} is not a readable image: {err}") from None

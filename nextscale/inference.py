@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nextscale.errors import UsageError
 from nextscale.tokenizer.tokenizer import Tokenizer
 
 INFERENCE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -34,7 +35,7 @@ def prepare_for_inference(
 ) -> tuple[Tokenizer, nn.Module]:
     """Prepare both models in place (and return them) for fast sampling; see the module docstring."""
     if dtype is not None and dtype not in INFERENCE_DTYPES:
-        raise ValueError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype}")
+        raise UsageError(f"dtype must be one of {INFERENCE_DTYPES}, got {dtype}")
     tokenizer.eval().requires_grad_(False)
     model.eval().requires_grad_(False)
     convs = [tokenizer.encoder, tokenizer.quant_conv, tokenizer.post_quant_conv, tokenizer.decoder]

@@ -20,13 +20,14 @@ from PIL import Image
 
 from nextscale.convert import load_official
 from nextscale.editing import edit, fit_image, keep_mask_for
+from nextscale.errors import UsageError
 from nextscale.images import to_pil
 from nextscale.inference import prepare_for_inference
 from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata
 from nextscale.raster_sampling import generate_raster
-from nextscale.sampling import Generation, SamplingSettings, generate
+from nextscale.sampling import Generation, SamplingSettings, generate, resolve_labels
 from nextscale.tokenizer.tokenizer import Tokenizer
 
 DEFAULT_PRESET = "demo"  # the official demo notebook's look; "fid" is the evaluation setting
@@ -47,7 +48,7 @@ LabelsArg = ClassLike | Sequence[ClassLike] | torch.Tensor | None
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     resolved = DTYPES.get(dtype) if isinstance(dtype, str) else dtype
     if resolved not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return resolved
 
 
@@ -74,7 +75,7 @@ class Pipeline:
         if self.class_names is not None:
             self.class_names = list(self.class_names)
             if len(self.class_names) != self.num_classes:
-                raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+                raise UsageError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         self.tokenizer.eval()
         self.model.eval()
         if self.fast:
@@ -94,7 +95,7 @@ class Pipeline:
         """From a directory written by `save_pretrained` (both parts needed); class names from its metadata."""
         tokenizer, model = from_pretrained(directory, device)
         if tokenizer is None or model is None:
-            raise ValueError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
+            raise UsageError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
         classes = read_metadata(directory).get("classes")
         return cls(tokenizer, model, settings, classes, dtype, source=str(directory))
 
@@ -144,21 +145,23 @@ class Pipeline:
         return None if self.dtype == torch.float32 or self.fast else self.dtype
 
     def class_index(self, label: ClassLike) -> int:
-        """A class id or a class name → the id (negative ids mean unconditional, as in `generate`)."""
+        """A class name or id → the id. Ids are checked where every entry point's labels are, `resolve_labels`: a
+        bool or a float is refused, and one negative id means unconditional (the null class `num_classes`), as a
+        single label does in `generate`."""
         if isinstance(label, str):
             if not self.class_names or label not in self.class_names:
                 known = f"; known: {', '.join(self.class_names[:10])}…" if self.class_names else " (no class names)"
-                raise ValueError(f"unknown class name {label!r}{known}")
+                raise UsageError(f"unknown class name {label!r}{known}")
             return self.class_names.index(label)
-        return int(label)
+        return int(resolve_labels(label, self.num_classes, 1, "cpu", None)[0])
 
     def labels(self, labels: LabelsArg):
-        """Names → ids; ints, tensors and None pass through to `resolve_labels`."""
-        if labels is None or isinstance(labels, (int, torch.Tensor)):
-            return labels
+        """Names → ids; everything else passes unchanged to `resolve_labels`, which checks it."""
         if isinstance(labels, str):
             return self.class_index(labels)
-        return [self.class_index(label) for label in labels]
+        if isinstance(labels, (list, tuple)):
+            return [self.class_index(label) if isinstance(label, str) else label for label in labels]
+        return labels
 
     def settings_with(self, settings: SamplingSettings | str | None = None, **overrides) -> SamplingSettings:
         """`settings` (default: the pipeline's) with `overrides` (cfg, top_k, top_p, more_smooth; None leaves a
@@ -213,13 +216,13 @@ class Pipeline:
         steers the regenerated region (`mode='class-edit'` requires one). `samples` results per image."""
         _check_output_type(output_type)
         if isinstance(self.model, RasterTransformer):
-            raise ValueError("zero-shot editing needs a VAR model; the next-token baseline cannot edit")
+            raise UsageError("zero-shot editing needs a VAR model; the next-token baseline cannot edit")
         if samples < 1:
-            raise ValueError(f"samples must be positive, got {samples}")
+            raise UsageError(f"samples must be positive, got {samples}")
         if mode == "class-edit" and labels is None:
-            raise ValueError("mode 'class-edit' needs a class to edit the region towards")
+            raise UsageError("mode 'class-edit' needs a class to edit the region towards")
         if keep_mask is not None and (box is not None or mask_image is not None):
-            raise ValueError("give keep_mask, or box / mask_image, not both")
+            raise UsageError("give keep_mask, or box / mask_image, not both")
         if keep_mask is None:
             keep_mask = keep_mask_for(mode, side=self.token_side, box=box, mask_image=mask_image)
         images_B3HW = self.image_tensor(image).repeat_interleave(samples, dim=0)
@@ -246,13 +249,13 @@ class Pipeline:
         images = image.unsqueeze(0) if image.dim() == 3 else image
         size = self.image_size
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(f"images must be (B, 3, {size}, {size}) in [0, 1], got {tuple(image.shape)}")
+            raise UsageError(f"images must be (B, 3, {size}, {size}) in [0, 1], got {tuple(image.shape)}")
         return images.float().to(self.device)
 
 
 def _check_output_type(output_type: str) -> None:
     if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        raise UsageError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
 
 
 def _convert(out: Generation, output_type: str):

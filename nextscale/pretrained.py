@@ -29,7 +29,7 @@ from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
-from nextscale.weights import CheckpointError, load_strict, read_safetensors, write_safetensors
+from nextscale.weights import CheckpointError, load_strict, read_safetensors, require_finite, write_safetensors
 
 FORMAT_VERSION = 2
 # models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist
@@ -87,7 +87,9 @@ def save_part(module: Tokenizer | torch.nn.Module, directory: str | os.PathLike)
 
 
 def _load_weights(module: torch.nn.Module, directory: Path, what: str, device) -> None:
-    load_strict(module, read_safetensors(directory / WEIGHTS_FILE), f"{what} weights in {directory}")
+    state = read_safetensors(directory / WEIGHTS_FILE)
+    require_finite(state, f"the {what} weights in {directory / WEIGHTS_FILE}")
+    load_strict(module, state, f"{what} weights in {directory}")
     module.to(device).eval()
 
 
@@ -143,6 +145,7 @@ def save_pretrained(
     if tokenizer is not None and model is not None:
         require_same_token_space(tokenizer.token_space, model.token_space)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_staging(directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         if tokenizer is not None:
@@ -168,6 +171,35 @@ def save_pretrained(
     return directory
 
 
+def remove_staging(directory: str | os.PathLike) -> list[Path]:
+    """Delete what an interrupted `save_pretrained(directory)` left beside it: the hidden `.<name>.*` staging and
+    `.<name>.old` folders (a partial export can be gigabytes). Saves of one directory are not concurrent, so any such
+    folder is debris. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return []
+    debris = [path for path in directory.parent.glob(f".{directory.name}.*") if path.is_dir()]
+    for path in debris:
+        shutil.rmtree(path, ignore_errors=True)
+    return debris
+
+
+def model_directory(path: str | os.PathLike) -> Path:
+    """`path` when it is a model directory; for the output folder of a training run (`nextscale train-tokenizer
+    --out`, `train --out`), the model exported into it, `<path>/model`."""
+    path = Path(path)
+    if (path / "tokenizer").is_dir() or (path / "transformer").is_dir():
+        return path
+    if (path / "model" / META_FILE).is_file():
+        return path / "model"
+    if (path / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"{path} is a training run that has not exported its model yet ({path / 'model'} is missing): "
+            "let it finish (rerun its command) or name a model directory"
+        )
+    return path
+
+
 def read_metadata(directory: str | os.PathLike) -> dict:
     """`nextscale.json` of a model directory ({} when absent); refuses a format newer than this library reads."""
     file = resolve_model(directory) / META_FILE
@@ -181,6 +213,9 @@ def read_metadata(directory: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{file} is format {version}; this nextscale reads formats up to {FORMAT_VERSION} (upgrade nextscale)"
         )
+    classes = meta.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{file}: classes must be a list of class names, got {json.dumps(classes)[:60]}")
     return meta
 
 

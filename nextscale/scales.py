@@ -15,6 +15,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from nextscale.errors import UsageError
+
 SCHEDULES: dict[str, tuple[int, ...]] = {
     "256": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
     "512": (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
@@ -31,7 +33,7 @@ def parse_patch_nums(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]
     try:
         return tuple(int(p) for p in spec.replace(",", "_").split("_") if p)
     except ValueError:
-        raise ValueError(f"bad scale schedule {spec!r}: use {sorted(SCHEDULES)} or sizes like '1_2_3_4'") from None
+        raise UsageError(f"bad scale schedule {spec!r}: use {sorted(SCHEDULES)} or sizes like '1_2_3_4'") from None
 
 
 def phi_index_map(num_scales: int, num_phis: int) -> tuple[int, ...]:
@@ -44,7 +46,7 @@ def phi_index_map(num_scales: int, num_phis: int) -> tuple[int, ...]:
     is replicated here rather than derived in closed form.
     """
     if num_phis <= 0:
-        raise ValueError(f"num_phis must be positive, got {num_phis}")
+        raise UsageError(f"num_phis must be positive, got {num_phis}")
     if num_scales == 1:
         return (0,)
     edge = 1 / (3 * num_phis) if num_phis == 4 else 1 / (2 * num_phis)
@@ -61,11 +63,11 @@ class ScaleSchedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
         if not self.patch_nums:
-            raise ValueError("a scale schedule needs at least one scale")
+            raise UsageError("a scale schedule needs at least one scale")
         if any(p <= 0 for p in self.patch_nums):
-            raise ValueError(f"scale sides must be positive, got {self.patch_nums}")
+            raise UsageError(f"scale sides must be positive, got {self.patch_nums}")
         if any(b <= a for a, b in zip(self.patch_nums, self.patch_nums[1:])):
-            raise ValueError(f"scale sides must strictly increase, got {self.patch_nums}")
+            raise UsageError(f"scale sides must strictly increase, got {self.patch_nums}")
 
     @classmethod
     def from_spec(cls, spec: str | tuple[int, ...] | list[int]) -> ScaleSchedule:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from nextscale.errors import UsageError
 from nextscale.scales import ScaleSchedule, parse_patch_nums
 
 
@@ -27,9 +28,9 @@ class TokenSpace:
         object.__setattr__(self, "patch_nums", parse_patch_nums(self.patch_nums))
         ScaleSchedule(self.patch_nums)  # validates the sides
         if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
+            raise UsageError(f"vocab_size must be at least 2, got {self.vocab_size}")
         if self.latent_channels < 1:
-            raise ValueError(f"latent_channels must be positive, got {self.latent_channels}")
+            raise UsageError(f"latent_channels must be positive, got {self.latent_channels}")
 
     @cached_property
     def schedule(self) -> ScaleSchedule:
@@ -39,7 +40,7 @@ class TokenSpace:
     def from_dict(cls, data: dict) -> TokenSpace:
         unknown = sorted(set(data) - {"vocab_size", "latent_channels", "patch_nums"})
         if unknown:
-            raise ValueError(f"a token space has no fields {unknown}")
+            raise UsageError(f"a token space has no fields {unknown}")
         return cls(int(data["vocab_size"]), int(data["latent_channels"]), tuple(data["patch_nums"]))
 
     def to_dict(self) -> dict:
@@ -56,7 +57,7 @@ class TokenSpace:
 def require_same_token_space(tokenizer_space: TokenSpace, model_space: TokenSpace, model_name: str = "transformer"):
     """Raise a one-line ValueError when a transformer was built for another token space than the tokenizer's."""
     if tokenizer_space != model_space:
-        raise ValueError(
+        raise UsageError(
             f"the {model_name} was built for another tokenizer: it expects {model_space}, "
             f"the tokenizer has {tokenizer_space}"
         )

@@ -12,42 +12,67 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nextscale.errors import UsageError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UsageError):
     """A weights or config file that cannot be loaded, with the reason (the CLI prints it as one line)."""
 
 
-def _more(items: list) -> str:
-    return f" … and {len(items) - 10} more" if len(items) > 10 else ""
+def _more(items: list, shown: int = 10) -> str:
+    return f" … and {len(items) - shown} more" if len(items) > shown else ""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_PROTOCOL = 0x80  # the first byte of a pickle of protocol ≥ 2 (torch.save's legacy format)
+
+
+def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """What `torch.save` wrote to `path`, read with torch.load(weights_only=True): tensors, numbers, strings and
+    containers of them, never objects whose loading would run code. Anything else raises a one-line CheckpointError
+    that says what was refused and why (FileNotFoundError when there is no file).
+
+    The file is untrusted input to a parser: every failure of that parser (torch raises IndexError, KeyError or its
+    own errors for random bytes) means the file is damaged or not a checkpoint, not a bug of the caller."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head != _ZIP_MAGIC and head[:1] != bytes([_PICKLE_PROTOCOL]):
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({size} bytes, not from torch.save)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None and "Unsupported" not in str(err):
+            # no class or function reference stopped the unpickler: the bytes are simply damaged
+            raise CheckpointError(f"{path} is damaged: it could not be read as a PyTorch checkpoint") from None
+        what = f" (it references {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path} is not a plain weights file{what}, so it was not loaded: only tensors and plain values are read, "
+            "and loading this one would run code from the file"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - see the docstring: any parser failure means a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is damaged: it could not be read as a PyTorch checkpoint ({reason})") from None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A `.pth`/`.pt` state dict, read with torch.load(weights_only=True); the official trainer's nested checkpoints
-    are unwrapped. Raises FileNotFoundError or CheckpointError naming the file."""
+    """A `.pth`/`.pt` state dict (see `load_torch_file`); the official trainer's nested checkpoints are unwrapped.
+    Raises FileNotFoundError or CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found is None and "Unsupported class" not in str(err):
-            # no class or function reference stopped the unpickler: the bytes are simply not a checkpoint
-            raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint (damaged or not one)") from None
-        what = f" (it references {found.group(1)})" if found else ""
-        raise CheckpointError(
-            f"{path} is not a plain weights file{what}, so it was not loaded: only state dicts of tensors are read, "
-            "and loading this one would run code from the file"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {reason}") from None
+    obj = load_torch_file(path)
     # the official trainer's checkpoints nest the state dicts
     if isinstance(obj, dict) and isinstance(obj.get("trainer"), dict):
         trainer = obj["trainer"]
@@ -56,6 +81,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         kind = type(obj).__name__
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors), but a {kind}")
     return obj
+
+
+def require_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or infinity: they load without complaint and only fail later, while sampling."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{what} hold non-finite values (NaN or infinity) in {', '.join(bad[:5])}{_more(bad, 5)}")
 
 
 def read_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nextscale.cli.common import UsageError, add_command, check_output_dir
 from nextscale.cli.options import add_config_options, build_config
+from nextscale.train.precision import PRECISION_CHOICES, PRECISION_NAMES
 
 _DATA_DEFAULTS = {"name": "fashion-mnist", "image_size": 32}
 
@@ -14,15 +15,13 @@ def add_commands(commands) -> None:
     from nextscale.ablation import AblationConfig
     from nextscale.data.build import DATASETS, DataConfig
 
-    p = add_command(
-        commands, "ablation", "train and evaluate the paper's Table 3 rows, from next-token AR to VAR", cmd_ablation
-    )
+    p = add_command(commands, "ablation", cmd_ablation)
     add_config_options(
         p.add_argument_group("ablation"),
         AblationConfig,
         exclude=("data", "rows"),
         renames={"output_dir": "--out"},
-        choices={"precision": ("fp32", "bf16", "fp16"), "large_precision": ("auto", "fp32", "bf16", "fp16")},
+        choices={"precision": PRECISION_NAMES, "large_precision": PRECISION_CHOICES},
     )
     p.add_argument(
         "--rows", dest="row_names", help="comma-separated rows to run (default: all seven; AR is always needed)"

@@ -1,23 +1,53 @@
-"""What the `nextscale` subcommands share: a parser that reports errors in one line, the model-source and sampling
-option groups, and checks of devices and output paths made before any work starts."""
+"""What the `nextscale` subcommands share: the table of commands, a parser that reports errors in one line, the
+model-source and sampling option groups, and checks of devices and output paths made before any work starts.
+
+Nothing here imports torch at module level: `nextscale --help` and argument mistakes are answered before it loads."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from nextscale.cli.options import add_config_options, build_config
+from nextscale.errors import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
-
-class UsageError(Exception):
-    """A bad argument: reported as one line, exit status 2."""
+# every subcommand: (the cli module that adds it, its one-line help). `nextscale --help` is answered from this table
+# alone; only the module of the command being run is imported.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("generate", "class-conditional samples as a PNG grid"),
+    "edit": ("generate", "zero-shot in-painting, out-painting and class-conditional editing"),
+    "sample-set": ("generate", "per-class PNGs for FID/IS, resumable and torchrun-ready, plus <out>.npz"),
+    "train-tokenizer": ("train", "train the multi-scale VQ tokenizer"),
+    "train": ("train", "train the VAR transformer on a trained tokenizer"),
+    "evaluate": ("train", "tokenizer PSNR/usage and transformer loss/accuracy on a split"),
+    "convert": ("train", "an official tokenizer checkpoint → a model directory for `train --tokenizer`"),
+    "perceptual-weights": (
+        "train",
+        "write the tokenizer's perceptual-loss weights (VGG16 + LPIPS linear layers) for --perceptual-weights",
+    ),
+    "quickstart": ("train", "train a small tokenizer and VAR on a built-in set, write samples"),
+    "eval-samples": (
+        "evaluation",
+        "FID, Inception Score, KID, precision/recall and class accuracy of a sample set against a reference",
+    ),
+    "train-classifier": (
+        "evaluation",
+        "train the Fashion-MNIST classifier used by eval-samples --features fmnist (minutes on a CPU)",
+    ),
+    "scaling": ("scaling", "train a sweep of model sizes and fit the paper's power laws (resumable)"),
+    "ablation": ("ablation", "train and evaluate the paper's Table 3 rows, from next-token AR to VAR"),
+    "demo": (
+        "demo",
+        "a local web page: sample classes and watch them form scale by scale, paint a region and edit it",
+    ),
+}
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available, else cpu)"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -36,7 +66,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_command(commands, name: str, help: str, func) -> argparse.ArgumentParser:
+def add_command(commands, name: str, func) -> argparse.ArgumentParser:
+    """The parser of subcommand `name`, with its help from `COMMANDS`, running `func(args)`."""
+    help = COMMANDS[name][1]
     parser = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
     parser.set_defaults(func=func)
     return parser
@@ -46,11 +78,17 @@ def add_command(commands, name: str, help: str, func) -> argparse.ArgumentParser
 
 
 def default_device() -> str:
+    import torch  # deferred: parsing arguments must not wait for torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_device(name: str) -> str:
-    """A device string that exists on this machine; a one-line UsageError otherwise."""
+def check_device(name: str | None) -> str:
+    """A device string that exists on this machine (None: the default one); a one-line UsageError otherwise."""
+    import torch  # deferred: parsing arguments must not wait for torch
+
+    if name is None:
+        return default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
@@ -65,14 +103,24 @@ def check_device(name: str) -> str:
     return name
 
 
+def _check_writable_folder(folder: Path, path: Path, flag: str) -> None:
+    """Create and remove a probe file in `folder`: permission bits say nothing for root, nor for /proc or a
+    read-only mount, so the only reliable check is to write."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".nextscale-probe-"):
+            pass
+    except OSError as err:
+        where = "" if folder == path else f"{folder} "
+        raise UsageError(f"{flag} {path}: {where}is not writable ({err.strerror or type(err).__name__})") from None
+
+
 def _check_parents(path: Path, flag: str) -> None:
     """Every existing ancestor of `path` must be a writable folder (the rest will be created)."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise UsageError(f"{flag} {path}: {parent} is not writable")
+            _check_writable_folder(parent, path, flag)
             return
 
 
@@ -83,8 +131,12 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise UsageError(f"{flag} {path}: name an image file ({', '.join(IMAGE_SUFFIXES)})")
     if path.is_dir():
         raise UsageError(f"{flag} {path}: a folder is in the way (name a file)")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"{flag} {path}: the file is not writable")
+    if path.exists():
+        try:
+            with open(path, "ab"):  # opened for appending and closed: the file is left as it was
+                pass
+        except OSError as err:
+            raise UsageError(f"{flag} {path}: the file is not writable ({err.strerror})") from None
     _check_parents(path, flag)
     return path
 
@@ -95,8 +147,7 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     if path.exists():
         if not path.is_dir():
             raise UsageError(f"{flag} {path}: a file is in the way (name a folder)")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{flag} {path}: the folder is not writable")
+        _check_writable_folder(path, path, flag)
         return path
     _check_parents(path, flag)
     return path
@@ -120,7 +171,7 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae", help="official tokenizer checkpoint (vae_ch160v4096z32.pth) or 'vqvae' to download")
     group.add_argument("--var", help="official transformer checkpoint (var_d16.pth …) or a name like var-d16")
     group.add_argument("--num-heads", type=int, help="heads of an official plain-attention checkpoint")
-    group.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
+    group.add_argument("--device", help=DEVICE_HELP)
     group.add_argument("--bf16", action="store_true", help="run the transformer and decoder under bf16 autocast")
     group.add_argument(
         "--fast",
@@ -169,7 +220,7 @@ def load_models(args):
     from nextscale.convert import load_official
     from nextscale.pretrained import from_pretrained, read_metadata, resolve_model
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     if args.model:
         if not resolve_model(args.model).is_dir():
             raise UsageError(f"--model {args.model}: model directory not found (or a shipped model: fmnist)")
@@ -188,6 +239,8 @@ def load_models(args):
 
 def load_pipeline(args):
     """A Pipeline from --model or --vae/--var, with the class names, --bf16 and the command's sampling settings."""
+    import torch
+
     from nextscale.pipeline import Pipeline
 
     tokenizer, model, classes = load_models(args)

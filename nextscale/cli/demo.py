@@ -10,12 +10,7 @@ from nextscale.cli.common import UsageError, add_command, add_model_source, chec
 
 
 def add_commands(commands) -> None:
-    p = add_command(
-        commands,
-        "demo",
-        "a local web page: sample classes and watch them form scale by scale, paint a region and edit it",
-        cmd_demo,
-    )
+    p = add_command(commands, "demo", cmd_demo)
     add_model_source(p)
     group = p.add_argument_group("server")
     group.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port)")

@@ -8,8 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
-from nextscale.cli.common import UsageError, add_command, check_device, default_device
-from nextscale.cli.options import add_config_options, build_config, flag_of, given
+from nextscale.cli.common import DEVICE_HELP, UsageError, add_command, check_device
+from nextscale.cli.options import add_config_options, build_config, given, to_argv
 
 _EVAL_RENAMES = {"use_cache": "--cache", "data_root": "--data-root"}
 _TRAIN_RENAMES = {"root": "--data-root"}
@@ -22,16 +22,10 @@ def add_commands(commands) -> None:
     from nextscale.eval.feature_networks import FEATURE_NETWORKS
     from nextscale.eval.image_sets import BUILTIN_REFERENCES
 
-    p = add_command(
-        commands,
-        "eval-samples",
-        "FID, Inception Score, KID, precision/recall and class accuracy of a sample set against a reference",
-        cmd_eval_samples,
-    )
+    p = add_command(commands, "eval-samples", cmd_eval_samples)
     add_config_options(
         p,
         EvaluationConfig,
-        defaults={"device": default_device()},
         renames=_EVAL_RENAMES,
         choices={"features": FEATURE_NETWORKS},
         helps={
@@ -46,17 +40,13 @@ def add_commands(commands) -> None:
             "cache_dir": "where reference features are cached (default: $NEXTSCALE_CACHE_DIR or ~/.cache/nextscale)",
             "use_cache": "reuse cached reference features (--no-cache recomputes and writes nothing)",
             "batch_size": "images per feature-network call",
+            "device": DEVICE_HELP,
         },
     )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = add_command(
-        commands,
-        "train-classifier",
-        "train the Fashion-MNIST classifier used by eval-samples --features fmnist (minutes on a CPU)",
-        cmd_train_classifier,
-    )
+    p = add_command(commands, "train-classifier", cmd_train_classifier)
     recipe = p.add_argument_group("recipe")
     add_config_options(recipe, ClassifierTrainingConfig, exclude=("model",), renames=_TRAIN_RENAMES)
     add_config_options(p.add_argument_group("network"), ClassifierConfig, exclude=("num_classes",))
@@ -85,8 +75,7 @@ def cmd_eval_samples(args) -> None:
     if args.samples is None:
         raise UsageError("--samples is required (a folder of images or an .npz)")
     _check_json_output(args.json)
-    config = build_config(EvaluationConfig, args, {"device": default_device()})
-    check_device(config.device)
+    config = build_config(EvaluationConfig, args, {"device": check_device(args.device)})
     try:
         result = evaluate_samples(config, progress=not args.no_progress)
     except ImportError as err:
@@ -104,15 +93,8 @@ def _training_command(args) -> str:
     from nextscale.eval.classifier import ClassifierConfig
     from nextscale.eval.classifier_training import ClassifierTrainingConfig
 
-    words = ["nextscale", "train-classifier"]
     values = {**given(args, ClassifierTrainingConfig, exclude=("model",)), **given(args, ClassifierConfig)}
-    for name, value in values.items():
-        flag = flag_of(name, _TRAIN_RENAMES)
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        else:
-            words += [flag, "_".join(map(str, value)) if isinstance(value, tuple) else str(value)]
-    return shlex.join([*words, "--out", args.out])
+    return shlex.join(["nextscale", "train-classifier", *to_argv(values, _TRAIN_RENAMES), "--out", args.out])
 
 
 def cmd_train_classifier(args) -> None:

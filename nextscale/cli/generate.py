@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from nextscale.cli.common import (
     UsageError,
     add_command,
@@ -23,7 +21,7 @@ from nextscale.cli.common import (
 def add_commands(commands) -> None:
     from nextscale.editing import EDIT_MODES
 
-    p = add_command(commands, "sample", "class-conditional samples as a PNG grid", cmd_sample)
+    p = add_command(commands, "sample", cmd_sample)
     add_model_source(p)
     add_sampling(p, "demo")
     p.add_argument("--class", dest="classes", type=int, action="append", help="class id (repeat); default 0…9")
@@ -31,7 +29,7 @@ def add_commands(commands) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per sampler call")
     p.add_argument("--out", default="samples.png", help="grid image file")
 
-    p = add_command(commands, "edit", "zero-shot in-painting, out-painting and class-conditional editing", cmd_edit)
+    p = add_command(commands, "edit", cmd_edit)
     add_model_source(p)
     add_sampling(p, "edit")
     p.add_argument("--image", required=True, help="input picture (centre-cropped and resized to the model's size)")
@@ -44,12 +42,7 @@ def add_commands(commands) -> None:
     p.add_argument("--samples", type=int, default=1, help="results to draw (one file each)")
     p.add_argument("--out", default="edit.png", help="result file; the strip goes to <stem>_strip<suffix>")
 
-    p = add_command(
-        commands,
-        "sample-set",
-        "per-class PNGs for FID/IS, resumable and torchrun-ready, plus <out>.npz",
-        cmd_sample_set,
-    )
+    p = add_command(commands, "sample-set", cmd_sample_set)
     add_model_source(p)
     add_sampling(p, "fid")
     p.add_argument("--per-class", type=int, default=50, help="images of each class (50 × 1000 = the official 50k)")
@@ -67,6 +60,8 @@ def add_commands(commands) -> None:
 
 
 def cmd_sample(args) -> None:
+    import torch
+
     from nextscale.images import save_grid
 
     check_positive(args.per_class, "--per-class")

@@ -4,6 +4,7 @@ Each field `name: type = default  # comment` becomes `--name` (underscores as da
 comment as help and its default shown. Options default to None ("not given"), so a command can layer its values:
 the dataclass defaults, then a preset or recipe, then the flags the user typed (`given`). Booleans become
 `--flag/--no-flag`. A command may rename a flag (`output_dir` → `--out`), add choices, or leave a field out.
+`to_argv` goes the other way: values back to the flags that set them (reproducing commands, the quickstart's steps).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from functools import cache
 from typing import Any
 
 from nextscale.config_io import field_types, unwrap_optional
-from nextscale.scales import parse_patch_nums
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(?P<comment>.*))?$")
 
@@ -62,6 +62,8 @@ def _value_type(annotation: Any):
                     raise ValueError(text)
                 return value
             if typing.get_origin(inner) is tuple:
+                from nextscale.scales import parse_patch_nums  # deferred: it loads torch
+
                 return parse_patch_nums(text)
             return text
         except ValueError:
@@ -81,10 +83,11 @@ def add_config_options(
     choices: Mapping[str, Iterable] | None = None,
     helps: Mapping[str, str] | None = None,
     show_defaults: bool = True,
+    preset: tuple[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Add one option per field of `config_class` (except `exclude`). `defaults` only changes what the help shows
     (the command applies it when layering); options themselves default to None. `show_defaults=False` for fields
-    whose default comes from elsewhere (a preset)."""
+    whose default comes from elsewhere; `preset=(name, values)` shows those as "the preset's; NAME: value"."""
     comments = field_comments(config_class)
     shown = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
     shown.update(defaults or {})
@@ -100,8 +103,8 @@ def add_config_options(
         suffix = f" (default: {default_text})" if name in shown and default_text is not None else ""
         if not show_defaults:
             suffix = ""
-        if options:
-            suffix = f" (choices: {', '.join(map(str, options))}{'; default: ' + str(default_text) if suffix else ''})"
+        if preset is not None and preset[1].get(name) is not None:  # argparse lists the choices themselves
+            suffix = f" (default: the preset's; {preset[0]}: {format_value(preset[1][name])})"
         help_text = (text + suffix).strip().replace("%", "%%") or None  # argparse formats help with %
         kwargs: dict[str, Any] = dict(dest=name, default=None, help=help_text)
         inner, _ = unwrap_optional(annotation)
@@ -113,6 +116,30 @@ def add_config_options(
         else:
             kwargs["metavar"] = flag.lstrip("-").upper().replace("-", "_")
         parser.add_argument(flag, type=_value_type(annotation), **kwargs)
+
+
+def format_value(value: Any) -> str:
+    """One flag value as a command line spells it: 4 rather than 4.0, 1_2_3 for a schedule."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (tuple, list)):
+        return "_".join(map(str, value))
+    return str(value)
+
+
+def to_argv(values: Mapping[str, Any], renames: Mapping[str, str] | None = None) -> list[str]:
+    """The flags that set `values` ({field: value}) on the command line, in their order: `--name value`, a boolean
+    as `--name` or `--no-name`; None (not given) is left out. The inverse of `add_config_options` + `given`."""
+    argv: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = flag_of(name, renames)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag.removeprefix("--"))
+        else:
+            argv += [flag, format_value(value)]
+    return argv
 
 
 def given(args: argparse.Namespace, config_class: type, exclude: Iterable[str] = ()) -> dict[str, Any]:

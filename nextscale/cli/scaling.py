@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nextscale.cli.common import UsageError, add_command, check_output_dir
 from nextscale.cli.options import add_config_options, build_config
+from nextscale.train.precision import PRECISION_NAMES
 
 _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
 
@@ -14,15 +15,13 @@ def add_commands(commands) -> None:
     from nextscale.data.build import DATASETS, DataConfig
     from nextscale.scaling.sweep import SweepConfig
 
-    p = add_command(
-        commands, "scaling", "train a sweep of model sizes and fit the paper's power laws (resumable)", cmd_scaling
-    )
+    p = add_command(commands, "scaling", cmd_scaling)
     add_config_options(
         p.add_argument_group("sweep"),
         SweepConfig,
         exclude=("data",),
         renames={"output_dir": "--out"},
-        choices={"precision": ("fp32", "bf16", "fp16")},
+        choices={"precision": PRECISION_NAMES},
     )
     add_config_options(
         p.add_argument_group("data"),

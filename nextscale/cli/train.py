@@ -8,26 +8,45 @@ the config's default, the recipe (`--recipe`), then the flag.
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
-from nextscale.cli.common import (
-    UsageError,
-    add_command,
-    check_device,
-    check_output_dir,
-    default_device,
-)
-from nextscale.cli.options import add_config_options, build_config, given
+from nextscale.cli.common import DEVICE_HELP, UsageError, add_command, check_device, check_output_dir
+from nextscale.cli.options import add_config_options, build_config, given, to_argv
 from nextscale.config_io import field_types
+from nextscale.train.precision import PRECISION_CHOICES
 
 _LOOP_RENAMES = {"output_dir": "--out"}
 _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
 _DATA_EXCLUDE = ("seed",)  # one --seed for the run (LoopConfig's)
 
 
+# Interim: LoopConfig (nextscale/train/loop.py) and VARConfig (nextscale/model/config.py) have fields without a
+# comment, which is their help; until those comments are written there, the help is given here.
+_LOOP_HELPS = {
+    "grad_accumulation": "micro-batches per optimizer step (batch_size is split among them)",
+    "warmup_start_ratio": "lr at the start of the warmup, as a fraction of the peak lr",
+    "final_lr_ratio": "lr at the end of the run, as a fraction of the peak lr",
+    "weight_decay": "AdamW weight decay (not on embeddings, biases and gains)",
+    "seed": "seed of everything random in the run (weights, data order, augmentation)",
+    "log_every": "steps between metric lines (console, TensorBoard, metrics.jsonl)",
+    "eval_batches": "validation batches per evaluation",
+    "save_every": "steps between checkpoints",
+    "keep_last": "checkpoints kept (older ones are deleted)",
+    "progress": "progress bars (--no-progress hides them all)",
+}
+_VAR_HELPS = {
+    "depth": "transformer blocks; width and heads follow from it unless given",
+    "mlp_ratio": "hidden width of the feed-forward layers, as a multiple of the width",
+    "norm_eps": "epsilon of the layer norms",
+    "init_head_scale": "scale of the output head's initial weights",
+    "init_adaln_scale": "scale of the AdaLN projections' initial weights",
+}
+
+
 def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
     from nextscale.data.build import DATASETS, DataConfig
-    from nextscale.train.loop import PRECISION_CHOICES, LoopConfig
+    from nextscale.train.loop import LoopConfig
     from nextscale.train.schedule import NAMED_SCHEDULES
 
     add_config_options(
@@ -37,6 +56,7 @@ def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
         renames=_LOOP_RENAMES,
         choices={"precision": PRECISION_CHOICES, "wrap": ("ddp", "fsdp", "none")},
         helps={
+            **_LOOP_HELPS,
             "output_dir": "run directory (checkpoints, logs, model/); rerun the same command to resume",
             "lr_schedule": f"{', '.join(NAMED_SCHEDULES)}, or lin<T> with 0<T<1 (two slopes meeting at T)",
         },
@@ -72,20 +92,21 @@ def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) ->
         "--recipe",
         default=default,
         choices=list(recipes),
-        help="named settings that the other flags override (docs/recipes.md); the defaults shown are this default's",
+        help="named settings that the other flags override (the recipe table in README.md, section Train); the "
+        "defaults shown are this default's",
     )
 
 
 def add_commands(commands) -> None:
-    from nextscale.model.config import VAR_PRESETS, VARConfig
+    from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
     from nextscale.model.raster import RASTER_PRESETS, RasterConfig
-    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
+    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, tokenizer_preset
     from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, DEFAULT_VAR_RECIPE, TOKENIZER_RECIPES, VAR_RECIPES
     from nextscale.train.tokenizer_task import TokenizerTrainConfig
     from nextscale.train.var_task import ARCHITECTURES, VARTrainConfig
 
     recipe = TOKENIZER_RECIPES[DEFAULT_TOKENIZER_RECIPE]
-    p = add_command(commands, "train-tokenizer", "train the multi-scale VQ tokenizer", cmd_train_tokenizer)
+    p = add_command(commands, "train-tokenizer", cmd_train_tokenizer)
     _add_recipe(p, TOKENIZER_RECIPES, DEFAULT_TOKENIZER_RECIPE)
     _add_loop_and_data(p, recipe)
     add_config_options(
@@ -99,10 +120,11 @@ def add_commands(commands) -> None:
         p.add_argument_group("tokenizer architecture (overrides of the preset's fields)"),
         TokenizerConfig,
         show_defaults=False,
+        preset=(recipe.task["preset"], asdict(tokenizer_preset(recipe.task["preset"]))),
     )
 
     recipe = VAR_RECIPES[DEFAULT_VAR_RECIPE]
-    p = add_command(commands, "train", "train the VAR transformer on a trained tokenizer", cmd_train)
+    p = add_command(commands, "train", cmd_train)
     _add_recipe(p, VAR_RECIPES, DEFAULT_VAR_RECIPE)
     _add_loop_and_data(p, recipe)
     add_config_options(
@@ -113,7 +135,10 @@ def add_commands(commands) -> None:
         choices={"preset": list(dict.fromkeys([*VAR_PRESETS, *RASTER_PRESETS])), "architecture": ARCHITECTURES},
     )
     model_group = p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)")
-    add_config_options(model_group, VARConfig, exclude=("num_classes",), show_defaults=False)
+    shown = (recipe.task["preset"], asdict(var_preset(recipe.task["preset"], **recipe.model)))
+    add_config_options(
+        model_group, VARConfig, exclude=("num_classes",), show_defaults=False, helps=_VAR_HELPS, preset=shown
+    )
     raster_only = [name for name in field_types(RasterConfig) if name not in field_types(VARConfig)]
     add_config_options(
         model_group,
@@ -122,7 +147,7 @@ def add_commands(commands) -> None:
         show_defaults=False,
     )
 
-    p = add_command(commands, "evaluate", "tokenizer PSNR/usage and transformer loss/accuracy on a split", cmd_evaluate)
+    p = add_command(commands, "evaluate", cmd_evaluate)
     p.add_argument("--model", required=True, help="model directory (save_pretrained / nextscale train output)")
     p.add_argument("--data", default="fashion-mnist", help="procedural | fashion-mnist | the path of an image folder")
     p.add_argument("--data-root", help="where the data lives when --data names a built-in set")
@@ -130,30 +155,21 @@ def add_commands(commands) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="which split to evaluate")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--seed", type=int, default=0, help="seed of the procedural set")
-    p.add_argument("--device", default=default_device(), help="cpu, cuda or cuda:N")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--bf16", action="store_true", help="run the transformer under bf16 autocast")
     p.add_argument("--out", help="also write the JSON here")
 
-    p = add_command(
-        commands, "convert", "an official tokenizer checkpoint → a model directory for `train --tokenizer`", cmd_convert
-    )
+    p = add_command(commands, "convert", cmd_convert)
     p.add_argument("--vae", required=True, help="vae_ch160v4096z32.pth (or 'vqvae' to download the released one)")
     p.add_argument("--patch-nums", default="256", help="scale schedule: 256, 512, or sides like 1_2_3_4_5_6_8_10_13_16")
     p.add_argument("--out", required=True, help="model directory to write")
 
-    p = add_command(
-        commands,
-        "perceptual-weights",
-        "write the tokenizer's perceptual-loss weights (VGG16 + LPIPS linear layers) for --perceptual-weights",
-        cmd_perceptual_weights,
-    )
+    p = add_command(commands, "perceptual-weights", cmd_perceptual_weights)
     p.add_argument("--out", required=True, help="weights file to write, e.g. weights/lpips_vgg.pth")
     p.add_argument("--vgg", help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth); default: download it")
     p.add_argument("--lpips", help="LPIPS linear layers (lpips/weights/v0.1/vgg.pth); default: the installed package's")
 
-    p = add_command(
-        commands, "quickstart", "train a small tokenizer and VAR on a built-in set, write samples", cmd_quickstart
-    )
+    p = add_command(commands, "quickstart", cmd_quickstart)
     p.add_argument("--data", help="default: fashion-mnist when installed, else the built-in procedural set")
     p.add_argument("--out", default="runs/quickstart", help="run directory; rerun to resume")
     p.add_argument("--tokenizer-steps", type=int, default=400, help="optimizer steps of the tokenizer")
@@ -236,15 +252,14 @@ def cmd_quickstart(args) -> None:
     out = Path(args.out)
     check_output_dir(out)
     print(f"quickstart: training a tokenizer and a small VAR on {data} (32 px) in {out}")
-    common = ["--data", data, "--image-size", "32", "--seed", str(args.seed), "--eval-batches", "2", "--batch-size",
-              "32", "--eval-every", "0", "--log-every", "50"]  # fmt: skip
-    steps = ["train-tokenizer", "--out", str(out / "tokenizer"), "--steps", str(args.tokenizer_steps), "--base-lr",
-             "4e-3", "--weight-decay", "0", *common]  # fmt: skip
-    _run_step(main, steps)
-    steps = ["train", "--tokenizer", str(out / "tokenizer" / "model"), "--out", str(out / "var"), "--preset",
-             "fmnist-tiny", "--steps", str(args.var_steps), "--base-lr", "8e-3", "--no-cache-tokens",
-             *common]  # fmt: skip
-    _run_step(main, steps)
+    common = {"data": data, "image_size": 32, "seed": args.seed, "eval_batches": 2, "batch_size": 32, "eval_every": 0,
+              "log_every": 50}  # fmt: skip
+    tokenizer = {"output_dir": str(out / "tokenizer"), "steps": args.tokenizer_steps, "base_lr": 4e-3,
+                 "weight_decay": 0.0, **common}  # fmt: skip
+    _run_step(main, ["train-tokenizer", *to_argv(tokenizer, _LOOP_RENAMES)])
+    transformer = {"tokenizer": str(out / "tokenizer"), "output_dir": str(out / "var"), "preset": "fmnist-tiny",
+                   "steps": args.var_steps, "base_lr": 8e-3, "cache_tokens": False, **common}  # fmt: skip
+    _run_step(main, ["train", *to_argv(transformer, _LOOP_RENAMES)])
     grid = out / "samples.png"
     _run_step(
         main, ["sample", "--model", str(out / "var" / "model"), "--per-class", "8", "--cfg", "2", "--out", str(grid)]
@@ -267,7 +282,7 @@ def cmd_evaluate(args) -> None:
     from nextscale.eval.metrics import evaluate_tokenizer, evaluate_transformer
     from nextscale.pretrained import from_pretrained
 
-    check_device(args.device)
+    args.device = check_device(args.device)
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: model directory not found")
     tokenizer, model = from_pretrained(args.model, args.device)

@@ -9,6 +9,7 @@ from nextscale.data.fashion_mnist import FashionMNIST
 from nextscale.data.folder import ImageFolderDataset
 from nextscale.data.procedural import PROCEDURAL_CLASSES, ProceduralShapes
 from nextscale.data.seeding import derive_seed
+from nextscale.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def build_dataset(
         return FashionMNIST(split, image_size, root, hflip=hflip and train, seed=seed)
     folder = root if name == "folder" else name
     if folder is None or not Path(folder).is_dir():
-        raise ValueError(
+        raise UsageError(
             f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}"
             " or give the path of an existing image folder"
         )
@@ -82,9 +83,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
+            raise UsageError(f"image_size must be positive, got {self.image_size}")
         if self.resize_ratio < 1.0:
-            raise ValueError(f"resize_ratio must be >= 1, got {self.resize_ratio}")
+            raise UsageError(f"resize_ratio must be >= 1, got {self.resize_ratio}")
 
     def build_validation(self) -> ImageDataset:
         """The "val" split, else "test", else (with a warning) the training images without augmentation."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from nextscale.data.base import ImageDataset
 from nextscale.data.idx import IdxFormatError, read_idx
 from nextscale.data.seeding import sample_generator
+from nextscale.errors import UsageError
 
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 
@@ -47,7 +48,7 @@ def load_fashion_mnist(root: str | Path, split: str) -> tuple[torch.Tensor, torc
     """Return (images_NHW uint8, labels_N int64) of one split ('train' or 'test'), checked for consistency."""
     root = Path(root)
     if split not in _SPLIT_PREFIXES:
-        raise ValueError(f"Fashion-MNIST split must be one of {sorted(_SPLIT_PREFIXES)}, got {split!r}")
+        raise UsageError(f"Fashion-MNIST split must be one of {sorted(_SPLIT_PREFIXES)}, got {split!r}")
     if not root.is_dir():
         raise FileNotFoundError(f"Fashion-MNIST directory {root} not found; {_INSTALL_HINT}")
     prefix = _SPLIT_PREFIXES[split]
@@ -98,9 +99,9 @@ class FashionMNIST(ImageDataset):
     ) -> None:
         super().__init__()
         if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+            raise UsageError(f"image_size must be positive, got {image_size}")
         if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+            raise UsageError(f"crop_padding must be >= 0, got {crop_padding}")
         self.root = Path(root) if root is not None else DEFAULT_FASHION_MNIST_ROOT
         self.split = split
         self.image_size = image_size

@@ -15,11 +15,14 @@ from PIL import Image
 
 from nextscale.data.base import ImageDataset
 from nextscale.data.transforms import ImageTransform
+from nextscale.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SPLIT_FOLDER_NAMES = ("train", "val", "validation", "test")
+# what PIL raises for a damaged, truncated, hand-broken or oversized (decompression bomb) image file
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def resolve_split_folder(root: Path, split: str) -> Path:
@@ -54,8 +57,8 @@ def scan_image_folder(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     if not samples:
         loose_images = any(_is_image_file(entry.name) for entry in os.scandir(folder) if entry.is_file())
         if loose_images:
-            raise ValueError(f"images in {folder} must be in one subfolder per class ({folder}/<class>/image.jpg)")
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class subfolders of {folder}")
+            raise UsageError(f"images in {folder} must be in one subfolder per class ({folder}/<class>/image.jpg)")
+        raise UsageError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in class subfolders of {folder}")
     if empty_classes:
         logger.warning("%d class folder(s) in %s have no images: %s", len(empty_classes), folder, empty_classes[:10])
     return class_names, samples
@@ -88,11 +91,12 @@ class ImageFolderDataset(ImageDataset):
         self.classes, self.samples = scan_image_folder(self.folder)
         num_used_classes = len({label for _, label in self.samples})
         if num_used_classes < 2 and not allow_single_class:
-            raise ValueError(
+            raise UsageError(
                 f"{self.folder} has images of only {num_used_classes} class; class-conditional training needs at least"
                 " two classes (pass allow_single_class=True, or --allow-single-class on the command line, to use it"
                 " anyway)"
             )
+        self._require_a_readable_image()
         train = split == "train" if train is None else train
         self.transform = ImageTransform(image_size, train=train, resize_ratio=resize_ratio, hflip=hflip, seed=seed)
         self.skipped_files = 0
@@ -100,6 +104,19 @@ class ImageFolderDataset(ImageDataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def _require_a_readable_image(self) -> None:
+        """Refuse a folder where no image can be decoded now, not in the middle of the first batch."""
+        for path, _ in self.samples:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                return
+            except UNREADABLE:
+                continue
+        raise UsageError(
+            f"none of the {len(self.samples)} images in {self.folder} could be read (damaged or not images)"
+        )
 
     def load(self, index: int, epoch: int) -> tuple[torch.Tensor, int]:
         """The sample at `index`, or the first readable one after it (wrapping around)."""
@@ -112,8 +129,8 @@ class ImageFolderDataset(ImageDataset):
                 with Image.open(path) as image:
                     image.load()
                     return self.transform(image, candidate, epoch), label
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            except UNREADABLE as error:
                 self._unreadable_paths.add(path)
                 self.skipped_files += 1
                 logger.warning("skipping unreadable image %s (%s: %s)", path, type(error).__name__, error)
-        raise RuntimeError(f"none of the {len(self.samples)} images in {self.folder} could be read")
+        raise UsageError(f"none of the {len(self.samples)} images in {self.folder} could be read")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nextscale.errors import UsageError
+
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES: dict[int, str] = {
     0x08: ">u1",
@@ -26,7 +28,7 @@ IDX_DTYPES: dict[int, str] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(UsageError):
     """An IDX file whose header or length is not valid."""
 
 

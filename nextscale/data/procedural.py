@@ -11,6 +11,7 @@ import torch
 
 from nextscale.data.base import ImageDataset
 from nextscale.data.seeding import sample_generator
+from nextscale.errors import UsageError
 
 PROCEDURAL_CLASSES = [
     "circle",
@@ -95,9 +96,9 @@ class ProceduralShapes(ImageDataset):
     def __init__(self, num_samples: int, image_size: int, num_classes: int = 10, seed: int = 0) -> None:
         super().__init__()
         if not 1 <= num_classes <= len(PROCEDURAL_CLASSES):
-            raise ValueError(f"num_classes must be in 1..{len(PROCEDURAL_CLASSES)}, got {num_classes}")
+            raise UsageError(f"num_classes must be in 1..{len(PROCEDURAL_CLASSES)}, got {num_classes}")
         if num_samples <= 0 or image_size <= 0:
-            raise ValueError(f"num_samples and image_size must be positive, got {num_samples} and {image_size}")
+            raise UsageError(f"num_samples and image_size must be positive, got {num_samples} and {image_size}")
         self.num_samples = num_samples
         self.image_size = image_size
         self.seed = seed

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from nextscale.data.seeding import SampleKey, derive_seed
+from nextscale.errors import UsageError
 
 
 class ResumableDistributedSampler:
@@ -129,7 +130,7 @@ class ResumableDistributedSampler:
         for key in ("seed", "shuffle"):
             if key in changed:
                 saved, now = changed[key]
-                raise ValueError(f"sampler state was saved with {key}={saved}, this sampler has {key}={now}")
+                raise UsageError(f"sampler state was saved with {key}={saved}, this sampler has {key}={now}")
         if changed and state["batches_done"] != 0:
-            raise ValueError(f"cannot resume mid-epoch with a different layout (saved, now): {changed}")
+            raise UsageError(f"cannot resume mid-epoch with a different layout (saved, now): {changed}")
         self.load_position(int(state["epoch"]), int(state["batches_done"]))

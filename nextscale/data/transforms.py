@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from nextscale.data.seeding import sample_generator
+from nextscale.errors import UsageError
 
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
@@ -69,9 +70,9 @@ class ImageTransform:
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
+            raise UsageError(f"image_size must be positive, got {self.image_size}")
         if self.resize_ratio < 1.0:
-            raise ValueError(f"resize_ratio must be >= 1 so that the crop fits, got {self.resize_ratio}")
+            raise UsageError(f"resize_ratio must be >= 1 so that the crop fits, got {self.resize_ratio}")
 
     @property
     def resize_size(self) -> int:

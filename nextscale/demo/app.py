@@ -23,6 +23,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -33,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from nextscale.demo.engine import DemoEngine, Job
 from nextscale.demo.requests import DemoRequestError, parse_edit, parse_sample, parse_upload
+from nextscale.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,27 @@ CONTENT_SECURITY_POLICY = (
     "form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+class SecurityHeaders:
+    """Adds the Content-Security-Policy and nosniff headers to every response that lacks them: the page at / and
+    the same file at /static/index.html must be equally confined."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def error_response(message: str, status: int) -> JSONResponse:
@@ -65,6 +88,8 @@ async def read_json(request: Request, limit: int):
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DemoRequestError("the request body is not valid JSON") from None
+    except RecursionError:  # the parser recurses once per nesting level: no request of this API nests deeply
+        raise DemoRequestError("the request body is nested too deeply to be one of this API's requests") from None
 
 
 def stream_job(job: Job) -> StreamingResponse:
@@ -74,7 +99,7 @@ def stream_job(job: Job) -> StreamingResponse:
     def work() -> None:
         try:
             job.run(events.put)
-        except ValueError as err:  # a user mistake that only the library could see
+        except UsageError as err:  # a user mistake that only the library could see
             events.put({"event": "error", "message": str(err)})
         except Exception:
             logger.exception("demo: the job failed")
@@ -136,6 +161,9 @@ def build_app(engine: DemoEngine, allowed_hosts: list[str] | None = None) -> Sta
         Route("/api/edit", edit, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_NAMES)]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_NAMES),
+    ]
     handlers = {DemoRequestError: bad_request, HTTPException: http_error, Exception: server_error}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nextscale.cli.options import to_argv
 from nextscale.demo.examples import Example
 from nextscale.demo.model import DemoModel, ModelSource, PreviewCallback
 from nextscale.demo.pngs import pil_to_data_url, tensors_to_data_urls
@@ -42,25 +43,16 @@ ALWAYS_SHOWN = ("cfg", "top_k", "top_p", "more_smooth")  # settings written out 
 # ---- the settings as `nextscale sample` / `nextscale edit` flags -----------------------------------------------------
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def settings_flags(settings: SamplingSettings, command: str) -> list[str]:
     """The flags that make `nextscale COMMAND` draw with `settings`: the usual four always, any other field where it
     differs from the command's default preset."""
     preset = SamplingSettings.preset(COMMAND_PRESETS[command])
-    flags = []
-    for field in fields(SamplingSettings):
-        value = getattr(settings, field.name)
-        if field.name not in ALWAYS_SHOWN and value == getattr(preset, field.name):
-            continue
-        name = field.name.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(f"--{name}" if value else f"--no-{name}")
-        else:
-            flags += [f"--{name}", _number(value)]
-    return flags
+    values = {
+        field.name: getattr(settings, field.name)
+        for field in fields(SamplingSettings)
+        if field.name in ALWAYS_SHOWN or getattr(settings, field.name) != getattr(preset, field.name)
+    }
+    return to_argv(values)
 
 
 # ---- jobs ------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from nextscale.editing import edit, fit_image, keep_mask_for
+from nextscale.errors import UsageError
 from nextscale.model.var import VAR
 from nextscale.pipeline import Pipeline
 from nextscale.pretrained import read_metadata, resolve_model
@@ -43,7 +44,7 @@ class ModelSource:
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.vae is None or self.var is None):
-            raise ValueError("give a model directory, or both an official tokenizer (vae) and transformer (var)")
+            raise UsageError("give a model directory, or both an official tokenizer (vae) and transformer (var)")
 
     def load(self) -> DemoModel:
         dtype = torch.bfloat16 if self.bf16 else torch.float32
@@ -92,7 +93,7 @@ class DemoModel:
     def __init__(self, pipeline: Pipeline) -> None:
         if not isinstance(pipeline.model, VAR):
             name = type(pipeline.model).__name__
-            raise ValueError(f"the demo shows next-scale prediction and editing; this model is a {name}, not a VAR")
+            raise UsageError(f"the demo shows next-scale prediction and editing; this model is a {name}, not a VAR")
         self.pipeline = pipeline
 
     # ---- facts -------------------------------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class DemoModel:
         if isinstance(value, str):
             return self.pipeline.class_index(value)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.num_classes:
-            raise ValueError(f"class {value!r} is not a class id in [0, {self.num_classes}) or a name")
+            raise UsageError(f"class {value!r} is not a class id in [0, {self.num_classes}) or a name")
         return value
 
     def class_name(self, label: int) -> str:

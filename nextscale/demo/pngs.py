@@ -10,13 +10,14 @@ import re
 import torch
 from PIL import Image
 
+from nextscale.errors import UsageError
 from nextscale.images import to_pil
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(;[\w=.+-]+)*;base64,(?P<payload>.*)", re.DOTALL)
 MAX_PIXELS = 4096 * 4096  # larger uploads are refused before decoding (and PIL's bomb check stays on)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UsageError):
     """An upload that is not a readable image."""
 
 
@@ -52,7 +53,9 @@ def data_url_to_pil(text: str, what: str = "image") -> Image.Image:
             if width * height > MAX_PIXELS:
                 raise ImageDecodeError(f"{what} is {width}×{height}; images up to {MAX_PIXELS} pixels are accepted")
             return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError:  # PIL refuses to decode it at all: far beyond MAX_PIXELS
+        raise ImageDecodeError(f"{what} is too large; images up to {MAX_PIXELS} pixels are accepted") from None
+    except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, ImageDecodeError):
             raise
         mime = match["mime"] or "unknown type"

@@ -20,12 +20,13 @@ from PIL import Image
 from nextscale.demo.model import DemoModel
 from nextscale.demo.pngs import ImageDecodeError, data_url_to_pil
 from nextscale.editing import EDIT_MODES
+from nextscale.errors import UsageError
 from nextscale.sampling import SamplingSettings
 
 SEED_MAX = 2**32 - 1  # seeds stay exact in JavaScript numbers and short in a command line
 
 
-class DemoRequestError(ValueError):
+class DemoRequestError(UsageError):
     """A bad request: `status` is the HTTP status to answer with, the message is shown on the page."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -45,7 +46,7 @@ class DemoLimits:
 
     def __post_init__(self) -> None:
         if self.max_images < 1 or self.max_cfg < 0 or self.max_body_bytes < 1024:
-            raise ValueError(f"invalid demo limits {self}")
+            raise UsageError(f"invalid demo limits {self}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from nextscale.demo.engine import DemoEngine
 from nextscale.demo.examples import examples_from_metadata
 from nextscale.demo.model import DemoModel, ModelSource
 from nextscale.demo.requests import DemoLimits
+from nextscale.errors import UsageError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -42,11 +43,11 @@ def is_loopback(host: str) -> bool:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port). Raises ValueError with one line on failure."""
     if not 0 <= port <= 65535:
-        raise ValueError(f"--port {port}: a port is in [0, 65535] (0 picks a free one)")
+        raise UsageError(f"--port {port}: a port is in [0, 65535] (0 picks a free one)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
-        raise ValueError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+        raise UsageError(f"--host {host}: not an address of this machine ({err.strerror})") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -54,7 +55,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as err:
         sock.close()
         hint = " (choose another with --port, or 0 for any free one)" if err.errno == 98 else ""
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror}{hint}") from None
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}{hint}") from None
     sock.listen(64)
     return sock
 

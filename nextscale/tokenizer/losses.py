@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nextscale.errors import UsageError
 from nextscale.weights import load_strict, read_state_dict
 
 
@@ -119,7 +120,7 @@ class PerceptualLoss(nn.Module):
         self.features = nn.Sequential(*layers[: LPIPS_TAPS[-1] + 1])
         missing = [k for k in self.features.state_dict() if f"features.{k}" not in state]
         if missing:
-            raise ValueError(f"{path} lacks VGG16 weights: {', '.join('features.' + k for k in missing[:4])} …")
+            raise UsageError(f"{path} lacks VGG16 weights: {', '.join('features.' + k for k in missing[:4])} …")
         load_strict(self.features, {k: state[f"features.{k}"].float() for k in self.features.state_dict()}, str(path))
         self.channel_weights = nn.ParameterList(
             nn.Parameter(_channel_weight(state, k, width, path)) for k, width in enumerate(LPIPS_WIDTHS)
@@ -156,5 +157,5 @@ def _channel_weight(state: dict[str, torch.Tensor], k: int, width: int, path: Pa
     if weight is None:
         return torch.ones(1, width, 1, 1)
     if weight.numel() != width:
-        raise ValueError(f"{path}: lin{k}.model.1.weight has {weight.numel()} values, LPIPS's VGG layer {k} {width}")
+        raise UsageError(f"{path}: lin{k}.model.1.weight has {weight.numel()} values, LPIPS's VGG layer {k} {width}")
     return weight.reshape(1, width, 1, 1).float()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nextscale.errors import UsageError
 from nextscale.tokenizer.losses import LPIPS_WIDTHS, vgg16_feature_shapes
 from nextscale.weights import read_state_dict
 
@@ -39,14 +40,14 @@ def write_perceptual_weights(
     Raises FileNotFoundError, ValueError or CheckpointError with one line naming the culprit."""
     out = Path(out_path)
     if out.is_dir():
-        raise ValueError(
+        raise UsageError(
             f"{out} is a directory: give the path of the weights file to write, e.g. {out / 'lpips_vgg.pth'}"
         )
     state = {**_vgg_features(vgg_weights), **_lpips_linear_layers(lpips_weights)}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot write {out}: {out.parent} is not a directory") from None
+        raise UsageError(f"cannot write {out}: {out.parent} is not a directory") from None
     temporary = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temporary, "wb") as file:
@@ -72,10 +73,10 @@ def _vgg_features(source: str | os.PathLike | nn.Module | dict | None) -> dict[s
     shapes = vgg16_feature_shapes()
     missing = [key for key in shapes if key not in state]
     if missing:
-        raise ValueError(f"{what} is not a torchvision VGG16 state dict (no {', '.join(missing[:3])} …)")
+        raise UsageError(f"{what} is not a torchvision VGG16 state dict (no {', '.join(missing[:3])} …)")
     wrong = [f"{key} {tuple(state[key].shape)}" for key, shape in shapes.items() if tuple(state[key].shape) != shape]
     if wrong:
-        raise ValueError(f"{what} does not have VGG16's shapes: {', '.join(wrong[:3])}")
+        raise UsageError(f"{what} does not have VGG16's shapes: {', '.join(wrong[:3])}")
     return {key: state[key].detach().to("cpu", torch.float32).clone() for key in shapes}
 
 
@@ -83,13 +84,13 @@ def _download_vgg16() -> dict[str, torch.Tensor]:
     try:
         from torchvision.models import VGG16_Weights, vgg16
     except ImportError:
-        raise ValueError(
+        raise UsageError(
             "torchvision is needed to download VGG16 (pip install torchvision), or pass a local vgg16 state dict"
         ) from None
     try:
         return vgg16(weights=VGG16_Weights.IMAGENET1K_V1).state_dict()
     except OSError as err:  # urllib's URLError is an OSError
-        raise ValueError(
+        raise UsageError(
             f"could not download torchvision's VGG16 weights ({err}); fetch vgg16-397923af.pth from "
             f"{VGG16_Weights.IMAGENET1K_V1.url} and pass its path"
         ) from None
@@ -103,9 +104,9 @@ def _lpips_linear_layers(source: str | os.PathLike | None) -> dict[str, torch.Te
     for k, width in enumerate(LPIPS_WIDTHS):
         key = f"lin{k}.model.1.weight"
         if key not in state:
-            raise ValueError(f"{path} is not LPIPS's VGG linear-layer file (no {key}; use lpips/weights/v0.1/vgg.pth)")
+            raise UsageError(f"{path} is not LPIPS's VGG linear-layer file (no {key}; use lpips/weights/v0.1/vgg.pth)")
         if tuple(state[key].shape) != (1, width, 1, 1):
-            raise ValueError(
+            raise UsageError(
                 f"{path}: {key} has shape {tuple(state[key].shape)}, not (1, {width}, 1, 1) (the VGG variant's)"
             )
         out[key] = state[key].detach().to("cpu", torch.float32).clone()

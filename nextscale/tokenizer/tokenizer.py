@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from nextscale.errors import UnknownNameError, UsageError
 from nextscale.scales import SCHEDULES, ScaleSchedule, parse_patch_nums
 from nextscale.token_space import TokenSpace
 from nextscale.tokenizer.convs import Decoder, Encoder
@@ -26,34 +27,33 @@ class TokenizerConfig:
     settings (loss weights, GAN, restarts) are in the tokenizer's training config, not here.
     """
 
-    vocab_size: int = 4096
+    vocab_size: int = 4096  # codebook entries: the transformer's vocabulary
     latent_channels: int = 32  # Cvae, the width of the codebook vectors
     base_channels: int = 160  # channels of the first encoder level (the released tokenizer uses 160)
-    # one level per entry; the downsampling factor is 2^(len-1): (1,1,2,2,4) → 16, (1,2,2) → 4 for 32-px images
-    channel_multipliers: tuple[int, ...] = (1, 1, 2, 2, 4)
-    num_res_blocks: int = 2
+    channel_multipliers: tuple[int, ...] = (1, 1, 2, 2, 4)  # one level each; downsampling 2^(levels-1): 1_2_2 → 4
+    num_res_blocks: int = 2  # residual blocks per encoder level (the decoder has one more)
     use_attention: bool = True  # self-attention at the lowest-resolution level
-    use_mid_attention: bool = True
+    use_mid_attention: bool = True  # self-attention in the middle block, between encoder and codebook
     num_groups: int = 32  # GroupNorm groups (capped at the channel count)
-    dropout: float = 0.0
-    image_channels: int = 3
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    dropout: float = 0.0  # in the residual blocks
+    image_channels: int = 3  # channels of the images (3: RGB)
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the scale schedule: token-map sides, 1_2_3_4
     num_phis: int = 4  # 0: one φ per scale, 1: one shared φ, n: n partially shared φ (the official default is 4)
     phi_residual_ratio: float = 0.5  # φ(h) = (1-r)·h + r·conv(h); 0 makes φ the identity
     beta: float = 0.25  # commitment weight of the VQ loss
     use_znorm: bool = False  # cosine-similarity code lookup instead of squared L2
-    quant_conv_kernel: int = 3
+    quant_conv_kernel: int = 3  # kernel of the convs into and out of the codebook space
 
     def __post_init__(self) -> None:
         self.channel_multipliers = tuple(self.channel_multipliers)
         self.patch_nums = parse_patch_nums(self.patch_nums)
         ScaleSchedule(self.patch_nums)  # validates
         if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
+            raise UsageError(f"vocab_size must be at least 2, got {self.vocab_size}")
         if not self.channel_multipliers:
-            raise ValueError("channel_multipliers needs at least one level")
+            raise UsageError("channel_multipliers needs at least one level")
         if self.num_phis < 0:
-            raise ValueError(f"num_phis must be ≥ 0, got {self.num_phis}")
+            raise UsageError(f"num_phis must be ≥ 0, got {self.num_phis}")
 
     @property
     def downsample_factor(self) -> int:
@@ -111,7 +111,7 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
 
 def tokenizer_preset(name: str, **overrides) -> TokenizerConfig:
     if name not in TOKENIZER_PRESETS:
-        raise KeyError(f"unknown tokenizer preset {name!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
+        raise UnknownNameError(f"unknown tokenizer preset {name!r}; choose from {', '.join(TOKENIZER_PRESETS)}")
     return replace(TOKENIZER_PRESETS[name], **overrides)
 
 

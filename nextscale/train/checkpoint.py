@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import random
 import re
 import shutil
@@ -41,7 +40,8 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from nextscale.weights import CheckpointError, write_safetensors
+from nextscale.errors import UsageError
+from nextscale.weights import CheckpointError, load_torch_file, write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def _is_complete(path: Path) -> bool:
 
 
 # errors a damaged file raises while being read (JSON and Unicode errors are ValueErrors)
-READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, SafetensorError)
+READ_ERRORS = (OSError, RuntimeError, EOFError, ValueError, SafetensorError)  # torch files: load_torch_file
 
 
 def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
@@ -220,7 +220,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str | os.PathLike, keep_last: int | None = 3, is_main_process: bool = True):
         if keep_last is not None and keep_last < 1:
-            raise ValueError(f"keep_last must be at least 1 or None, got {keep_last}")
+            raise UsageError(f"keep_last must be at least 1 or None, got {keep_last}")
         self.directory = Path(directory)
         self.keep_last = keep_last
         self.is_main_process = is_main_process
@@ -396,7 +396,7 @@ class CheckpointManager:
             file = directory / name
             if not file.is_file():
                 return None
-            return _read(file, lambda f: torch.load(f, map_location=location, weights_only=True))
+            return load_torch_file(file, location)
 
         state = _read_json_object(directory / STATE_FILE)
         config = _read_json_object(directory / CONFIG_FILE) if (directory / CONFIG_FILE).is_file() else {}

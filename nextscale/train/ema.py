@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from nextscale.errors import UsageError
 from nextscale.train.distributed import unwrap_model
 
 
@@ -21,7 +22,7 @@ class EMA:
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, device: torch.device | str | None = None):
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
+            raise UsageError(f"decay must be in [0, 1], got {decay}")
         self.decay = decay
         self.num_updates = 0
         with torch.no_grad():

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from nextscale.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 # The lr in the recipe is given per this many images (official `tblr`, "base lr per 256 images").
@@ -69,7 +71,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             decay_names.append(name)
             decay_params.append(parameter)
     if not decay_params and not no_decay_params:
-        raise ValueError(
+        raise UsageError(
             f"{type(model).__name__} has no trainable parameters ({len(frozen_names)} frozen): nothing to optimize"
         )
     if frozen_names:

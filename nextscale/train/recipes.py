@@ -77,7 +77,10 @@ VAR_RECIPES: dict[str, Recipe] = {
 TOKENIZER_RECIPES: dict[str, Recipe] = {
     "fmnist-32": Recipe(
         description="Fashion-MNIST 32 px tokenizer on a CPU (docs/results.md)",
-        loop=dict(steps=2000, batch_size=64, base_lr=1e-3, weight_decay=0.0, save_every=250),
+        # written where `nextscale train --tokenizer` looks by default (runs/tokenizer/model)
+        loop=dict(
+            output_dir="runs/tokenizer", steps=2000, batch_size=64, base_lr=1e-3, weight_decay=0.0, save_every=250
+        ),
         data=dict(name="fashion-mnist", image_size=32),
         task=dict(preset="fmnist-32"),
     ),

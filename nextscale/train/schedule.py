@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from nextscale.errors import UsageError
+
 NAMED_SCHEDULES = ("lin0", "lin", "lin00", "cos", "exp")
 # Length of the flat start (as a fraction of the post-warmup steps) of the named linear / exponential schedules.
 FLAT_FRACTION = {"lin0": 0.05, "lin": 0.15, "exp": 0.15}
@@ -37,7 +39,7 @@ def _two_slope_fraction(schedule: str) -> float | None:
 
 def check_schedule_name(schedule: str) -> None:
     if schedule not in NAMED_SCHEDULES and _two_slope_fraction(schedule) is None:
-        raise ValueError(f"unknown lr schedule {schedule!r}: expected one of {NAMED_SCHEDULES} or lin<T> with 0<T<1")
+        raise UsageError(f"unknown lr schedule {schedule!r}: expected one of {NAMED_SCHEDULES} or lin<T> with 0<T<1")
 
 
 def lr_multiplier(
@@ -103,16 +105,16 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
-            raise ValueError(f"total_steps must be at least 1, got {self.total_steps}")
+            raise UsageError(f"total_steps must be at least 1, got {self.total_steps}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.total_steps:
-            raise ValueError(f"warmup_steps must be in [0, total_steps), got {self.warmup_steps}")
+            raise UsageError(f"warmup_steps must be in [0, total_steps), got {self.warmup_steps}")
         check_schedule_name(self.schedule)
         if not 0.0 <= self.warmup_start_ratio <= 1.0:
-            raise ValueError(f"warmup_start_ratio must be in [0, 1], got {self.warmup_start_ratio}")
+            raise UsageError(f"warmup_start_ratio must be in [0, 1], got {self.warmup_start_ratio}")
         if not 0.0 < self.final_lr_ratio <= 1.0:
-            raise ValueError(f"final_lr_ratio must be in (0, 1], got {self.final_lr_ratio}")
+            raise UsageError(f"final_lr_ratio must be in (0, 1], got {self.final_lr_ratio}")
         if self.weight_decay < 0 or (self.final_weight_decay is not None and self.final_weight_decay < 0):
-            raise ValueError("weight decay values must be non-negative")
+            raise UsageError("weight decay values must be non-negative")
 
     @property
     def resolved_warmup_steps(self) -> int:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from nextscale.data.build import DataConfig
 from nextscale.distributed import sum_over_processes
+from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_tokenizer, psnr
 from nextscale.pretrained import save_pretrained
 from nextscale.tokenizer.losses import (
@@ -44,6 +45,7 @@ from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.distributed import full_state_dict, load_full_state_dict, unwrap_model, wrap_model
 from nextscale.train.ema import EMA
 from nextscale.train.loop import StepContext, Task
+from nextscale.train.memory import require_trainable
 from nextscale.train.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -74,14 +76,14 @@ class TokenizerTrainConfig:
 
     preset: str = "fmnist-32"  # tokenizer preset (TOKENIZER_PRESETS)
     tokenizer: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig fields overriding the preset's
-    l1_weight: float = 1.0
-    l2_weight: float = 1.0
-    vq_weight: float = 1.0
-    perceptual_weight: float = 0.0
+    l1_weight: float = 1.0  # of the L1 reconstruction loss
+    l2_weight: float = 1.0  # of the L2 (squared error) reconstruction loss
+    vq_weight: float = 1.0  # of the VQ loss (codebook and commitment terms)
+    perceptual_weight: float = 0.0  # of the LPIPS perceptual loss; > 0 needs perceptual_weights
     perceptual_weights: str | None = None  # local VGG16 / LPIPS state dict
     gan_weight: float = 0.0  # > 0 enables the patch discriminator
-    gan_start_step: int = 0
-    adaptive_gan_weight: bool = True
+    gan_start_step: int = 0  # step from which the GAN loss (and the discriminator's training) is on
+    adaptive_gan_weight: bool = True  # scale the GAN loss by the ratio of gradient norms at the decoder's last layer
     dead_code_every: int = 100  # steps between dead-code restarts; 0 disables
     dead_code_threshold: float = 0.03  # a code is dead below this fraction of the uniform hit rate
     dead_code_grace_steps: int = 100  # steps a code keeps its vector before it can be restarted (again)
@@ -100,13 +102,14 @@ class TokenizerTask(Task):
         device = ctx.dist.device
         tokenizer_config = tokenizer_preset(self.config.preset, **self.config.tokenizer)
         if self.data.image_size != tokenizer_config.image_size:
-            raise ValueError(
+            raise UsageError(
                 f"the tokenizer preset {self.config.preset!r} takes {tokenizer_config.image_size} px images "
                 f"(final scale {tokenizer_config.patch_nums[-1]} × downsampling {tokenizer_config.downsample_factor}), "
                 f"but the data is {self.data.image_size} px: change --image-size or the preset"
             )
         self.dataset = self.data.build("train")
         self.val_dataset = self.data.build_validation()
+        require_trainable(lambda: Tokenizer(tokenizer_config), device, "tokenizer")
         torch.manual_seed(ctx.loop.seed)
         self.tokenizer = Tokenizer(tokenizer_config).to(device)
         self.wrapped = (
@@ -129,7 +132,7 @@ class TokenizerTask(Task):
         self.perceptual = None
         if self.config.perceptual_weight > 0:
             if self.config.perceptual_weights is None:
-                raise ValueError("--perceptual-weight needs --perceptual-weights (a local VGG16 state dict)")
+                raise UsageError("--perceptual-weight needs --perceptual-weights (a local VGG16 state dict)")
             self.perceptual = PerceptualLoss(self.config.perceptual_weights).to(device)
         K, V = tokenizer_config.schedule.num_scales, tokenizer_config.vocab_size
         self.hit_counts_KV = torch.zeros(K, V, device=device)  # decayed code hits per scale (see the module doc)

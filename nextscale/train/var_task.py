@@ -18,11 +18,12 @@ from torch import nn
 
 from nextscale.data.build import DataConfig
 from nextscale.data.seeding import SampleKey
+from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_transformer
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
-from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.pretrained import from_pretrained, model_directory, read_metadata, save_pretrained
 from nextscale.scaling.flops import training_flops_per_image
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.distributed import (
@@ -34,6 +35,7 @@ from nextscale.train.distributed import (
 )
 from nextscale.train.ema import EMA
 from nextscale.train.loop import StepContext, Task
+from nextscale.train.memory import require_trainable
 from nextscale.train.optim import build_optimizer
 from nextscale.train.token_cache import TokenCache, is_deterministic
 
@@ -48,7 +50,7 @@ class VARTrainConfig:
     e.g. {"depth": 8, "init_adaln_gamma_scale": 1e-3}), the loss options and the data. The number of classes comes
     from the data; vocabulary, latent channels and schedule from the tokenizer."""
 
-    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer (train-tokenizer or convert)
+    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer (convert), or a train-tokenizer run
     architecture: str = "var"  # var (next-scale) | raster (next-token baseline; needs a one-scale tokenizer)
     preset: str = "fmnist-small"  # preset of the architecture (VAR_PRESETS, RASTER_PRESETS)
     model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields overriding the preset's
@@ -58,6 +60,9 @@ class VARTrainConfig:
     progressive: float = 0.0  # > 0: grow the number of trained scales over this fraction of the run
     progressive_start_scales: int = 5  # scales trained at the start of progressive training (the recipe's pg0=4 → 5)
     data: DataConfig | None = None
+
+    def __post_init__(self) -> None:
+        self.tokenizer = str(model_directory(self.tokenizer))  # a tokenizer's run folder stands for its model/
 
 
 def teacher_forced_loss(
@@ -141,20 +146,21 @@ class VARTask(Task):
         device = ctx.dist.device
         tokenizer, _ = from_pretrained(self.config.tokenizer, device)
         if tokenizer is None:
-            raise ValueError(f"{self.config.tokenizer} holds no tokenizer")
+            raise UsageError(f"{self.config.tokenizer} holds no tokenizer")
         self.tokenizer: Tokenizer = tokenizer.requires_grad_(False)
         self.dataset = self.data.build("train")
         self.val_dataset = self.data.build_validation()
         if self.data.image_size != tokenizer.config.image_size:
-            raise ValueError(
+            raise UsageError(
                 f"the data is {self.data.image_size} px but the tokenizer takes {tokenizer.config.image_size} px images"
             )
         if self.config.architecture not in ARCHITECTURES:
-            raise ValueError(
+            raise UsageError(
                 f"unknown architecture {self.config.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
             )
         preset, module_class = ARCHITECTURES[self.config.architecture]
         model_config = preset(self.config.preset, **{**self.config.model, "num_classes": self.dataset.num_classes})
+        require_trainable(lambda: module_class(model_config, tokenizer.token_space), device, "transformer")
         torch.manual_seed(ctx.loop.seed)  # same initial weights on every rank
         self.model = module_class(model_config, tokenizer.token_space).to(device)
         # wrap first: FSDP replaces the parameters with sharded ones, which the optimizer must hold
