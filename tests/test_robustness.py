@@ -257,7 +257,7 @@ def test_an_unwritable_out_is_refused_before_sampling(tmp_path: Path, capsys, mo
 def test_every_flag_of_the_training_and_evaluation_commands_says_what_it_does():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    for name in ("train", "train-tokenizer", "eval-samples", "sample", "edit", "sample-set"):
+    for name in ("train", "train-tokenizer", "eval-samples", "train-classifier", "sample", "edit", "sample-set"):
         for action in commands[name]._actions:
             if not action.option_strings or action.dest == "help":
                 continue

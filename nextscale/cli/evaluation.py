@@ -13,6 +13,16 @@ from nextscale.cli.options import add_config_options, build_config, given, to_ar
 
 _EVAL_RENAMES = {"use_cache": "--cache", "data_root": "--data-root"}
 _TRAIN_RENAMES = {"root": "--data-root"}
+# Interim: ClassifierTrainingConfig (nextscale/eval/classifier_training.py) has fields without the comment that is
+# their help; until it is written there, the help is given here.
+_CLASSIFIER_HELPS = {
+    "epochs": "passes over the Fashion-MNIST training split",
+    "batch_size": "images per SGD step",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "label_smoothing": "of the cross-entropy loss",
+    "seed": "seed of the initial weights and the data order",
+}
 
 
 def add_commands(commands) -> None:
@@ -48,7 +58,9 @@ def add_commands(commands) -> None:
 
     p = add_command(commands, "train-classifier", cmd_train_classifier)
     recipe = p.add_argument_group("recipe")
-    add_config_options(recipe, ClassifierTrainingConfig, exclude=("model",), renames=_TRAIN_RENAMES)
+    add_config_options(
+        recipe, ClassifierTrainingConfig, exclude=("model",), renames=_TRAIN_RENAMES, helps=_CLASSIFIER_HELPS
+    )
     add_config_options(p.add_argument_group("network"), ClassifierConfig, exclude=("num_classes",))
     p.add_argument(
         "--out",
