@@ -55,15 +55,21 @@ def write_npz(path: Path, images_NHW3: np.ndarray, labels_N: np.ndarray | None =
 
 
 @pytest.mark.skipif(not HAS_FASHION_MNIST, reason=f"{DEFAULT_FASHION_MNIST_ROOT} missing")
-def test_shipped_classifier_classifies_test_images_at_28_and_32_px():
+def test_shipped_classifier_scores_its_recorded_accuracy_on_the_whole_test_set():
+    """All 10,000 test images at 32 px: the accuracy recorded beside the weights, measured again (to the image); at
+    28 px (the native size) it stays above 92 %; gray given as RGB is the same picture."""
     classifier = load_classifier()
+    record = json.loads(SHIPPED_WEIGHTS.with_suffix(".json").read_text())
     for size in (28, 32):
         dataset = FashionMNIST("test", size)
-        gray_N1SS = dataset.images_NSS[:2000, None].float() / 127.5 - 1
+        gray_N1SS = dataset.images_NSS[:, None].float() / 127.5 - 1
         with torch.no_grad():
-            logits_NV = classifier(gray_N1SS)
+            logits_NV = torch.cat([classifier(chunk) for chunk in gray_N1SS.split(1000)])
             rgb_logits_NV = classifier(gray_N1SS[:100].expand(-1, 3, -1, -1))  # gray as RGB: the same picture
-        accuracy = float((logits_NV.argmax(1) == dataset.labels_N[:2000]).float().mean())
+        accuracy = float((logits_NV.argmax(1) == dataset.labels_N).float().mean())
+        assert len(logits_NV) == 10_000
+        if size == 32:
+            assert accuracy == pytest.approx(record["test_accuracy_32px"], abs=1.5e-4), accuracy
         assert accuracy > 0.92, (size, accuracy)
         torch.testing.assert_close(rgb_logits_NV, logits_NV[:100])
 
