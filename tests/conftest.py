@@ -26,6 +26,7 @@ import torch
 from nextscale.convert import load_official
 from nextscale.model.config import var_preset
 from nextscale.model.var import VAR
+from nextscale.pretrained import save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -149,6 +150,13 @@ def debug_pair(seed: int = 0, *, tokenizer_overrides: dict | None = None, **var_
     tokenizer = Tokenizer(tokenizer_preset("debug", **(tokenizer_overrides or {}))).eval()
     model = perturb_(VAR(var_preset("debug", **var_overrides), tokenizer.token_space), seed=seed).eval()
     return tokenizer, model
+
+
+def write_debug_tokenizer(directory: Path, seed: int = 0, **overrides) -> str:
+    """A randomly initialised `debug` tokenizer (seeded; preset fields overridden by `overrides`) written in the
+    save_pretrained format, as training a transformer reads it. Returns the directory."""
+    torch.manual_seed(seed)
+    return str(save_pretrained(directory, tokenizer=Tokenizer(tokenizer_preset("debug", **overrides))))
 
 
 @pytest.fixture

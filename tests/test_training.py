@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_debug_tokenizer
 
 from nextscale.data.build import DataConfig
 from nextscale.data.procedural import PROCEDURAL_CLASSES
-from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
+from nextscale.pretrained import from_pretrained, read_metadata
 from nextscale.scaling import training_flops_per_image
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
@@ -41,12 +42,6 @@ def loop_config(output_dir: Path, **overrides) -> LoopConfig:
 
 def procedural(num_samples: int) -> DataConfig:
     return DataConfig(name="procedural", image_size=IMAGE_SIZE, num_samples=num_samples)
-
-
-def write_debug_tokenizer(directory: Path, seed: int = 0) -> str:
-    """A randomly initialised debug tokenizer in the save_pretrained format (enough to train a VAR on)."""
-    torch.manual_seed(seed)
-    return str(save_pretrained(directory, tokenizer=Tokenizer(tokenizer_preset("debug"))))
 
 
 def train_records(output_dir: Path) -> list[dict]:
@@ -201,3 +196,33 @@ def test_the_next_token_baseline_trains_exports_and_samples(tmp_path: Path):
     assert pipe.generate([0, 1], seed=0).shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="next-token baseline cannot edit"):
         pipe.edit(torch.rand(1, 3, 8, 8), torch.eye(4))
+
+
+def test_the_model_and_the_trainer_drop_labels_by_one_rule(make_debug_pair):
+    """`nextscale.label_dropout.drop_labels` is the rule: the models' own dropout (global generator, the official
+    draw) gives what it gives on the same draws, and the trainer's draws for one step are one global batch's, each
+    rank taking its share, so 1 and 2 processes drop the same labels."""
+    from nextscale.distributed import DistributedContext
+    from nextscale.label_dropout import drop_labels
+    from nextscale.model.raster import RasterTransformer, raster_preset
+    from nextscale.train.loop import StepContext
+
+    tokenizer, model = make_debug_pair()
+    raster = RasterTransformer(
+        raster_preset("debug"), Tokenizer(tokenizer_preset("debug", patch_nums=(4,))).token_space
+    )
+    labels = torch.arange(64) % 10
+    for module in (model, raster):
+        torch.manual_seed(1234)
+        by_model = module.drop_labels(labels, 0.5)
+        torch.manual_seed(1234)
+        assert torch.equal(by_model, drop_labels(labels, 0.5, module.config.null_class))
+        assert 0 < (by_model == module.config.null_class).sum() < 64
+
+    def draws(world_size: int, rank: int, step: int = 7) -> torch.Tensor:
+        task = VARTask(VARTrainConfig(preset="debug"))
+        task.ctx = StepContext(LoopConfig(batch_size=16, seed=5), DistributedContext(rank=rank, world_size=world_size))
+        return task.label_dropout_draws(step)
+
+    assert torch.equal(torch.cat([draws(2, 0), draws(2, 1)]), draws(1, 0))
+    assert not torch.equal(draws(1, 0, step=8), draws(1, 0))  # keyed by the step

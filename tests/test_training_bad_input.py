@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_debug_tokenizer
 from PIL import Image
 
 from nextscale import cli
 from nextscale.data.build import DataConfig
-from nextscale.pretrained import save_pretrained
-from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.loop import LoopConfig, NonFiniteLossError, run
 from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
@@ -48,11 +47,6 @@ def loop_config(output_dir: Path, **overrides) -> LoopConfig:
 
 def procedural(image_size: int = 8) -> DataConfig:
     return DataConfig(name="procedural", image_size=image_size, num_samples=16)
-
-
-def write_debug_tokenizer(directory: Path, **overrides) -> str:
-    torch.manual_seed(0)
-    return str(save_pretrained(directory, tokenizer=Tokenizer(tokenizer_preset("debug", **overrides))))
 
 
 def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> None:
@@ -159,8 +153,8 @@ class NaNImagesTokenizerTask(TokenizerTask):
         self.poisoned = step == NAN_STEP
         return super().train_step(step, keys)
 
-    def _images(self, keys, dataset):
-        images = super()._images(keys, dataset)
+    def _images(self, keys):
+        images = super()._images(keys)
         return torch.full_like(images, math.nan) if self.poisoned else images
 
 

@@ -363,6 +363,8 @@ class CheckpointManager:
     def set_aside_after(self, step: int, prefix: str = DIVERGED_PREFIX) -> list[Path]:
         """Rename every checkpoint newer than `step` to `<prefix>step_*` (nothing is deleted) and point `latest` at
         the newest remaining one; returns the new paths. Main process only."""
+        if not self.directory.is_dir():  # no checkpoint saved yet: nothing to set aside
+            return []
         moved = [self._set_aside(path, prefix) for path in self.checkpoints() if (_step_of(path) or 0) > step]
         remaining = self.checkpoints()
         if remaining:

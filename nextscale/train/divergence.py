@@ -8,7 +8,8 @@ A checkpoint is *good* when the last `GOOD_SPAN` losses before it were healthy; 
 checkpoint's state.json) records that verdict with the loss history, so a resumed run judges exactly as an
 uninterrupted one. When the loss becomes non-finite, `onset()` is the first step of the unhealthy stretch that ended
 in it: the loss at step s is computed with the weights of checkpoint s - 1, so only checkpoints up to `onset() - 2`
-are known to hold weights that gave a healthy loss.
+are known to hold weights that gave a healthy loss. `diverged` then sets the later checkpoints aside and words the
+`NonFiniteLossError`: what a rerun starts from and which settings to change.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nextscale.train.checkpoint import CheckpointManager
+
+if TYPE_CHECKING:
+    from nextscale.train.loop import LoopConfig
 
 WINDOW = 50  # healthy losses the median is taken over, and steps of history kept
 EXPLOSION_FACTOR = 10.0  # unhealthy above median + factor·|median| (about 11× the median for a positive loss)
@@ -68,3 +75,53 @@ class LossMonitor:
         self.recent = deque(
             ((int(step), float(loss), bool(healthy)) for step, loss, healthy in state.get("recent", [])), maxlen=WINDOW
         )
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite at `step`. Checkpoints taken after the loss stopped being healthy were renamed
+    `diverged-step_*`, so a rerun resumes from `good_checkpoint` (None: from the start). The message is one line."""
+
+    def __init__(self, message: str, step: int, good_checkpoint: Path | None):
+        super().__init__(message)
+        self.step, self.good_checkpoint = step, good_checkpoint
+
+
+def diverged(
+    task_name: str,
+    step: int,
+    loss: float,
+    losses: LossMonitor,
+    checkpoints: CheckpointManager,
+    config: LoopConfig,
+    is_main_process: bool,
+) -> NonFiniteLossError:
+    """Set aside the checkpoints taken after the divergence began and say what a rerun starts from and what to
+    change. The loss at step s is computed with the weights of checkpoint s - 1, so the newest checkpoint that can
+    be trusted is at most `onset - 2`, and must itself have been saved while the loss was healthy."""
+    onset = losses.onset() or step
+    good, moved = None, []
+    if is_main_process:
+        good = checkpoints.newest_good(max_step=onset - 2)
+        moved = checkpoints.set_aside_after(_checkpoint_step(good))
+    advice = [f"lower --base-lr (now {config.base_lr:g})"]
+    advice.append(
+        "enable --grad-clip (e.g. 1)" if config.grad_clip <= 0 else f"lower --grad-clip (now {config.grad_clip:g})"
+    )
+    if config.precision != "fp32":
+        advice.append("train in fp32 (--precision fp32)")
+    if not is_main_process:  # only the main process looks at the checkpoints
+        start = "resumes from the checkpoint the main process names"
+    else:
+        start = f"resumes from {good}" if good is not None else "starts from scratch"
+    aside = f"; {len(moved)} later checkpoint(s) renamed diverged-step_*" if moved else ""
+    return NonFiniteLossError(
+        f"{task_name}: loss is {loss} at step {step} (diverging since step {onset}); stopped. A rerun {start}, "
+        f"the newest checkpoint whose recent losses were finite and not exploding{aside}. "
+        f"To avoid the same divergence: {', '.join(advice)}.",
+        step,
+        good,
+    )
+
+
+def _checkpoint_step(path: Path | None) -> int:
+    return int(path.name.rsplit("_", 1)[1]) if path is not None else -1

@@ -44,9 +44,9 @@ from nextscale.tokenizer.losses import (
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.distributed import full_state_dict, load_full_state_dict, unwrap_model, wrap_model
 from nextscale.train.ema import EMA
-from nextscale.train.loop import StepContext, Task
 from nextscale.train.memory import require_trainable
 from nextscale.train.optim import build_optimizer
+from nextscale.train.task import StepContext, Task
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,11 @@ class TokenizerTrainConfig:
 
 
 class TokenizerTask(Task):
+    """Training the multi-scale tokenizer (see the module docstring): reconstruction, VQ and the optional perceptual
+    and GAN losses, codebook usage per scale with dead-code restarts, an optional EMA. Exports the tokenizer alone."""
+
     name = "tokenizer"
+    whole_value_settings = ("tokenizer",)  # the preset overrides: their keys are data, not fields
 
     def __init__(self, config: TokenizerTrainConfig):
         self.config = config
@@ -192,8 +196,8 @@ class TokenizerTask(Task):
 
     # ---- step -------------------------------------------------------------------------------------------------------
 
-    def _images(self, keys, dataset) -> torch.Tensor:
-        return torch.stack([dataset[k][0] for k in keys]).to(self.ctx.dist.device)
+    def _images(self, keys: list) -> torch.Tensor:
+        return torch.stack([self.dataset[k][0] for k in keys]).to(self.ctx.dist.device)
 
     def train_step(self, step: int, keys: list) -> dict[str, float]:
         ctx, cfg = self.ctx, self.config
@@ -206,7 +210,7 @@ class TokenizerTask(Task):
         pool = []  # residual vectors for dead-code restarts, gathered only on the steps that restart
         fakes, reals = [], []
         for i, micro_keys in enumerate(micro):
-            images = self._images(micro_keys, self.dataset)
+            images = self._images(micro_keys)
             # the generator's loss flows through the discriminator to the reconstruction, but must not train it
             discriminator_frozen = frozen(self.discriminator) if use_gan else nullcontext()
             with ctx.sync_context(self.wrapped, i == len(micro) - 1), ctx.autocast(), discriminator_frozen:

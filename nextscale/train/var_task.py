@@ -20,6 +20,7 @@ from nextscale.data.build import DataConfig
 from nextscale.data.seeding import SampleKey
 from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_transformer
+from nextscale.label_dropout import drop_labels
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
@@ -34,9 +35,9 @@ from nextscale.train.distributed import (
     wrap_model,
 )
 from nextscale.train.ema import EMA
-from nextscale.train.loop import StepContext, Task
 from nextscale.train.memory import require_trainable
 from nextscale.train.optim import build_optimizer
+from nextscale.train.task import StepContext, Task
 from nextscale.train.token_cache import TokenCache, is_deterministic
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,13 @@ ARCHITECTURES = {"var": (var_preset, VAR), "raster": (raster_preset, RasterTrans
 
 
 class VARTask(Task):
+    """Training a transformer (VAR, or the raster baseline) on the token maps of a frozen tokenizer: teacher-forced
+    cross-entropy with label dropout keyed by (seed, step), optional progressive training over the scales, an
+    optional EMA of the weights, and the tokens cached once when the images carry no random augmentation. Exports
+    tokenizer and transformer together as one model directory."""
+
     name = "var"
+    whole_value_settings = ("model",)  # the preset overrides: their keys are data, not fields
 
     def __init__(self, config: VARTrainConfig):
         self.config = config
@@ -207,13 +214,14 @@ class VARTask(Task):
 
     # ---- data -------------------------------------------------------------------------------------------------------
 
-    def tokens_and_labels(self, keys: list, dataset, cache) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def tokens_and_labels(self, keys: list) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The token maps and labels of training samples `keys`: from the token cache, or encoded now."""
         device = self.ctx.dist.device
-        if cache is not None:
+        if self.cache is not None:
             indices = torch.tensor([k.index if isinstance(k, SampleKey) else int(k) for k in keys])
-            tokens_BL, labels_B = cache.get(indices)
+            tokens_BL, labels_B = self.cache.get(indices)
             return self.model.schedule.split(tokens_BL.to(device)), labels_B.to(device)
-        images, labels = zip(*(dataset[k] for k in keys))
+        images, labels = zip(*(self.dataset[k] for k in keys))
         images_BCHW = torch.stack(images).to(device)
         return self.tokenizer.encode(images_BCHW), torch.tensor(labels, device=device)
 
@@ -237,15 +245,13 @@ class VARTask(Task):
         ctx = self.ctx
         self.model.train()
         num_scales, newest_weight = self.scales_at(step)
-        # label dropout keyed by (seed, step) over the global batch: 1 process and N processes drop the same labels
-        global_drop = torch.rand(ctx.loop.batch_size, generator=ctx.step_generator(step, LABEL_DROPOUT_STREAM))
-        rank_drop = global_drop.view(ctx.dist.world_size, -1)[ctx.dist.rank]
+        uniform = self.label_dropout_draws(step)
         micro = ctx.micro_batches(keys)
         sums: dict[str, torch.Tensor] = {}
         for i, micro_keys in enumerate(micro):
-            token_maps, labels_B = self.tokens_and_labels(micro_keys, self.dataset, self.cache)
-            drop_B = rank_drop[i * len(micro_keys) : (i + 1) * len(micro_keys)].to(labels_B.device)
-            labels_B = torch.where(drop_B < self.model.config.label_dropout, self.model.config.null_class, labels_B)
+            token_maps, labels_B = self.tokens_and_labels(micro_keys)
+            uniform_B = uniform[i * len(micro_keys) : (i + 1) * len(micro_keys)]
+            labels_B = drop_labels(labels_B, self.model.config.label_dropout, self.model.config.null_class, uniform_B)
             with ctx.sync_context(self.wrapped, i == len(micro) - 1):
                 if self.config.architecture == "raster":
                     loss, metrics = next_token_loss(
@@ -268,6 +274,13 @@ class VARTask(Task):
         if self.config.architecture == "var":  # cumulative training compute of the transformer, the scaling axis
             out["pflops"] = self.cumulative_flops(step) / 1e15
         return out
+
+    def label_dropout_draws(self, step: int) -> torch.Tensor:
+        """This rank's label-dropout draws for `step`, in the order of its keys: drawn for the whole global batch from
+        a generator keyed by (seed, step), so that 1 process and N processes drop the same labels."""
+        ctx = self.ctx
+        global_uniform = torch.rand(ctx.loop.batch_size, generator=ctx.step_generator(step, LABEL_DROPOUT_STREAM))
+        return global_uniform.view(ctx.dist.world_size, -1)[ctx.dist.rank]
 
     def cumulative_flops(self, step: int) -> float:
         """Training FLOPs of the transformer from the first step through `step` (0-based), counted from the
