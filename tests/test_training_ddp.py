@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import write_debug_tokenizer
 from safetensors.torch import load_file
 
 from nextscale.data.build import DataConfig
 from nextscale.distributed import cleanup
-from nextscale.pretrained import save_pretrained
-from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.loop import LoopConfig, run
 from nextscale.train.var_task import VARTask, VARTrainConfig
@@ -103,8 +102,7 @@ def exported_weights(output_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
 def test_two_processes_reach_the_weights_of_one(tmp_path: Path, wrap: str):
-    torch.manual_seed(0)
-    tokenizer_dir = str(save_pretrained(tmp_path / "tokenizer", tokenizer=Tokenizer(tokenizer_preset("debug"))))
+    tokenizer_dir = write_debug_tokenizer(tmp_path / "tokenizer")
     ddp_dir = tmp_path / "ddp" / "run"
     ddp_dir.parent.mkdir()
     workers = mp.spawn(_worker, args=(free_port(), tokenizer_dir, str(ddp_dir), wrap), nprocs=WORLD_SIZE, join=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import write_debug_tokenizer
 from safetensors.torch import load_file
 
 from nextscale.train.checkpoint import CheckpointManager
@@ -168,11 +169,7 @@ def assert_logged_once(output_dir: Path) -> None:
 
 
 def test_var_run_killed_part_way_resumes_bitwise(tmp_path: Path):
-    torch.manual_seed(0)
-    from nextscale.pretrained import save_pretrained
-    from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
-
-    tokenizer_dir = save_pretrained(tmp_path / "tokenizer", tokenizer=Tokenizer(tokenizer_preset("debug")))
+    tokenizer_dir = write_debug_tokenizer(tmp_path / "tokenizer")
     spec = {
         "task": "var",
         # label dropout, stochastic depth and an EMA: every source of randomness and state the VAR step has
