@@ -14,17 +14,10 @@ import pytest
 import torch
 
 from nextscale import cli, save_pretrained
-from nextscale.ablation import (
-    CURVE_ROWS,
-    MODELS,
-    ROWS,
-    AblationConfig,
-    markdown_table,
-    model_overrides,
-    summarize,
-    time_interleaved,
-)
 from nextscale.data.build import DataConfig
+from nextscale.experiments.ablation import time_interleaved
+from nextscale.experiments.ablation_config import CURVE_ROWS, MODELS, ROWS, AblationConfig, model_overrides
+from nextscale.experiments.ablation_report import markdown_table, summarize
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nextscale.model.blocks import AdaLNBlock
 from nextscale.model.config import var_preset
+from nextscale.model.cost import attention_pairs, block_training_flops_per_image, embedding_parameters
 from nextscale.model.var import VAR
 from nextscale.sampling import generate
 from nextscale.scaling import (
@@ -21,8 +22,6 @@ from nextscale.scaling import (
     parameter_count,
     training_flops_per_image,
 )
-from nextscale.scaling.flops import attention_pairs, block_training_flops_per_image
-from nextscale.scaling.parameters import embedding_parameters
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 from nextscale.train.var_task import teacher_forced_loss
 
@@ -176,3 +175,31 @@ def test_parameter_counts_of_the_released_sizes_match_the_paper():
     millions = {d: parameter_count(var_preset(f"var-d{d}"), space) / 1e6 for d in (16, 20, 24, 30)}
     assert round(millions[16]) == 310 and round(millions[20], -1) == 600
     assert round(millions[24], -2) == 1000 and round(millions[30], -2) == 2000
+
+
+@pytest.mark.parametrize("preset", ["debug", "fmnist-tiny"])
+def test_the_raster_baselines_costs_equal_what_torch_counts_and_holds(preset):
+    """The next-token baseline's training FLOPs (FlopCounterMode over its training loss, forward and backward) and
+    its parameters, as `nextscale.model.cost` counts them without building it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nextscale.model.cost import parameters, raster_training_flops_per_image, training_flops
+    from nextscale.model.raster import RasterTransformer, raster_preset
+    from nextscale.token_space import TokenSpace
+    from nextscale.train.var_task import next_token_loss
+
+    space = TokenSpace(512, 16, (8,))
+    config = raster_preset(preset, depth=3, attention_scale=0.125)
+    model = RasterTransformer(config, space).train()
+    tokens = [torch.randint(512, (2, 8, 8))]
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        loss, _ = next_token_loss(model, tokens, torch.tensor([1, 2]))
+        loss.backward()
+    assert (
+        counter.get_total_flops()
+        == 2 * raster_training_flops_per_image(config, space)
+        == 2 * training_flops(config, space)
+    )
+    assert parameters(config, space) == sum(p.numel() for p in model.parameters())

@@ -50,7 +50,7 @@ def test_a_two_size_sweep_trains_fits_plots_and_resumes(tmp_path: Path, capsys):
 
 
 def test_evaluation_steps_are_evenly_spread_and_end_at_the_last_step():
-    from nextscale.scaling.sweep import SweepConfig
+    from nextscale.experiments.scaling_config import SweepConfig
 
     config = SweepConfig(images=24_000, batch_size=64, evaluations=6, eval_images=960)  # 375 steps asked for
     assert config.spacing == 62 and config.steps == 372
@@ -63,7 +63,7 @@ def test_evaluation_steps_are_evenly_spread_and_end_at_the_last_step():
 
 
 def test_eval_images_that_are_not_whole_batches_are_refused():
-    from nextscale.scaling.sweep import SweepConfig
+    from nextscale.experiments.scaling_config import SweepConfig
 
     with pytest.raises(ValueError, match="multiple of batch_size"):
         SweepConfig(eval_images=1000, batch_size=64)

@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from nextscale.ablation import cost_table, curve_slopes, markdown_table, plot_curves, summarize
+from nextscale.experiments.ablation_report import cost_table, curve_slopes, markdown_table, plot_curves, summarize
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "ablation.json"

@@ -51,7 +51,7 @@ _NOT_YET_CONVERTED = (
     "nextscale/raster_sampling.py",
     "nextscale/eval/",
     "nextscale/scaling/",
-    "nextscale/ablation.py",
+    "nextscale/experiments/",
 )
 
 

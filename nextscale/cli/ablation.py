@@ -12,8 +12,8 @@ _DATA_DEFAULTS = {"name": "fashion-mnist", "image_size": 32}
 
 
 def add_commands(commands) -> None:
-    from nextscale.ablation import AblationConfig
     from nextscale.data.build import DATASETS, DataConfig
+    from nextscale.experiments.ablation_config import AblationConfig
 
     p = add_command(commands, "ablation", cmd_ablation)
     add_config_options(
@@ -39,8 +39,9 @@ def add_commands(commands) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from nextscale.ablation import AblationConfig, plan, run_ablation
     from nextscale.data.build import DataConfig
+    from nextscale.experiments.ablation import plan, run_ablation
+    from nextscale.experiments.ablation_config import AblationConfig
 
     data = build_config(DataConfig, args, _DATA_DEFAULTS, seed=0)
     rows = {"rows": tuple(r.strip() for r in args.row_names.split(","))} if args.row_names else {}

@@ -13,7 +13,7 @@ _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
 
 def add_commands(commands) -> None:
     from nextscale.data.build import DATASETS, DataConfig
-    from nextscale.scaling.sweep import SweepConfig
+    from nextscale.experiments.scaling_config import SweepConfig
 
     p = add_command(commands, "scaling", cmd_scaling)
     add_config_options(
@@ -38,8 +38,9 @@ def add_commands(commands) -> None:
 
 def cmd_scaling(args) -> None:
     from nextscale.data.build import DataConfig
+    from nextscale.experiments.scaling import plan, report, train_runs
+    from nextscale.experiments.scaling_config import SweepConfig
     from nextscale.pretrained import load_tokenizer
-    from nextscale.scaling.sweep import SweepConfig, plan, report, train_runs
 
     data = build_config(DataConfig, args, {"name": "fashion-mnist", "image_size": 32}, seed=0)
     config = build_config(SweepConfig, args, data=data)

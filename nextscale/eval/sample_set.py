@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from nextscale.eval.image_sets import CLASS_IN_NAME
 from nextscale.images import to_pil
 from nextscale.pipeline import Pipeline
+from nextscale.progress import progress_bar
 from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
 
 SETTINGS_FILE = "settings.json"
@@ -326,3 +327,34 @@ def _read_png(path: Path, image_size: int) -> np.ndarray:
     if pixels_HW3.shape != (image_size, image_size, 3):
         raise ValueError(f"{path} is {pixels_HW3.shape[1]}×{pixels_HW3.shape[0]}, not {image_size}×{image_size}")
     return pixels_HW3
+
+
+def class_balanced_npz(
+    pipe: Pipeline,
+    settings: SamplingSettings,
+    per_class: int,
+    batch_size: int,
+    seed: int,
+    path: Path,
+    progress: bool = True,
+    description: str = "sampling",
+) -> Path:
+    """`per_class` samples of every class (class-major) into an .npz (`arr_0`, `labels`) in memory, then written at
+    once (kept if already there): the quick form of a sample set for evaluations that need no PNGs. Batch b is drawn
+    with seed `seed · 1,000,003 + b`."""
+    if path.is_file():
+        return path
+    labels = [c for c in range(pipe.num_classes) for _ in range(per_class)]
+    chunks = []
+    bar = progress_bar(total=len(labels), description=description, unit="img", enabled=progress)
+    for batch, begin in enumerate(range(0, len(labels), batch_size)):
+        batch_labels = labels[begin : begin + batch_size]
+        images = pipe.generate(batch_labels, seed=seed * 1_000_003 + batch, settings=settings)
+        chunks.append(images.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        bar.update(len(batch_labels))
+    bar.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.npz")
+    np.savez(partial, arr_0=np.concatenate(chunks), labels=np.array(labels, dtype=np.int64))
+    partial.replace(path)
+    return path

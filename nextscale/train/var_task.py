@@ -22,10 +22,10 @@ from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_transformer
 from nextscale.label_dropout import drop_labels
 from nextscale.model.config import var_preset
+from nextscale.model.cost import training_flops_per_image
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.pretrained import from_pretrained, model_directory, read_metadata, save_pretrained
-from nextscale.scaling.flops import training_flops_per_image
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.distributed import (
     full_state_dict,
@@ -284,7 +284,7 @@ class VARTask(Task):
 
     def cumulative_flops(self, step: int) -> float:
         """Training FLOPs of the transformer from the first step through `step` (0-based), counted from the
-        architecture and schedule (`nextscale.scaling.flops`; progressive steps count only their scales)."""
+        architecture and schedule (`nextscale.model.cost`; progressive steps count only their scales)."""
         per_image = self._flops_per_image
         batch = self.ctx.loop.batch_size
         if self.config.progressive <= 0:

@@ -22,16 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from nextscale.data.build import DataConfig
-from nextscale.model.config import VARConfig
+from nextscale.experiments.jobs import transformer_job
+from nextscale.experiments.scaling_config import SweepConfig
+from nextscale.model.config import VARConfig, var_preset
+from nextscale.model.cost import parameter_count, training_flops_per_image
+from nextscale.model.var import VAR, cross_entropy_per_token
 from nextscale.scaling.analysis import RunCurve, curves_from_runs, write_fits_json
-from nextscale.scaling.flops import training_flops_per_image
-from nextscale.scaling.parameters import parameter_count
 from nextscale.token_space import TokenSpace
 
 logger = logging.getLogger(__name__)
@@ -42,66 +43,6 @@ METRICS_FROM_LOG = {  # the sweep's metric → how it follows from an evaluation
     "Err_last": lambda r: 1 - r["eval/acc_tail"] / 100,
     "Err_avg": lambda r: 1 - r["eval/acc_mean"] / 100,
 }
-
-
-@dataclass
-class SweepConfig:
-    """What a sweep varies (depth) and what it holds fixed (everything else)."""
-
-    output_dir: str = "runs/scaling"  # the sweep's folder: one run per depth, the fits and the figures
-    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer every run uses
-    depths: tuple[int, ...] = (2, 3, 4, 5, 6)  # one run per depth
-    width_per_depth: int = 64  # width = width_per_depth · depth (the paper: 64)
-    head_width: int = 64  # heads = width / head_width (the paper: 64)
-    images: int = 50_000  # training images per run (rounded to whole evaluation spacings): one token budget for all
-    batch_size: int = 64
-    base_lr: float = 1e-3  # per 256 images (lr = base_lr × batch_size / 256), as the training recipe
-    evaluations: int = 8  # evaluation points per run, evenly spaced in steps (so in compute), the last the final step
-    eval_images: int = 2048  # validation images per evaluation point (a multiple of batch_size)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 only where the hardware has it)
-    seeds: tuple[int, ...] = (0,)  # every size trains once per seed
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist", image_size=32))
-
-    def __post_init__(self) -> None:
-        self.depths = tuple(sorted(set(int(d) for d in self.depths)))
-        if len(self.depths) < 2 or self.depths[0] < 1:
-            raise ValueError(f"a sweep needs at least two positive depths, got {self.depths}")
-        if self.images < self.batch_size or self.batch_size < 1:
-            raise ValueError(f"images ({self.images}) must be at least one batch ({self.batch_size})")
-        if self.evaluations < 2 or self.eval_images < 1:
-            raise ValueError("a sweep needs at least 2 evaluation points and 1 evaluation image")
-        if self.eval_images % self.batch_size:
-            raise ValueError(
-                f"eval_images ({self.eval_images}) must be a multiple of batch_size ({self.batch_size}): evaluations "
-                "read whole batches, and the number the flag says is the number read"
-            )
-        if self.images < self.batch_size * self.evaluations:
-            raise ValueError(f"images ({self.images}) must give at least one step per evaluation ({self.evaluations})")
-        self.seeds = tuple(sorted(set(int(s) for s in self.seeds)))
-        if not self.seeds:
-            raise ValueError("a sweep needs at least one seed")
-        for depth in self.depths:
-            width = self.width_per_depth * depth
-            if width % self.head_width:
-                raise ValueError(f"width {width} of depth {depth} is not a multiple of head_width {self.head_width}")
-
-    @property
-    def spacing(self) -> int:
-        """Steps between evaluations."""
-        return max(round(self.images / self.batch_size / self.evaluations), 1)
-
-    @property
-    def steps(self) -> int:
-        return self.spacing * self.evaluations
-
-    @property
-    def evaluation_steps(self) -> list[int]:
-        """The steps evaluated: every `spacing` steps, the last one the final step."""
-        return [self.spacing * (i + 1) for i in range(self.evaluations)]
-
-    def model_overrides(self, depth: int) -> dict:
-        width = self.width_per_depth * depth
-        return {"depth": depth, "width": width, "num_heads": width // self.head_width}
 
 
 @dataclass
@@ -151,15 +92,11 @@ def plan(config: SweepConfig, token_space: TokenSpace, num_classes: int, probe: 
 
 
 def _model_config(config: SweepConfig, depth: int, num_classes: int) -> VARConfig:
-    from nextscale.model.config import var_preset
-
     return var_preset("fmnist-small", **config.model_overrides(depth), num_classes=num_classes)
 
 
 def _time_a_step(model_config: VARConfig, token_space: TokenSpace, config: SweepConfig) -> float:
     """Seconds of one optimizer step (forward, backward, AdamW) on random tokens, best of three after a warm-up."""
-    from nextscale.model.var import VAR, cross_entropy_per_token
-
     torch.manual_seed(0)
     model = VAR(model_config, token_space).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -195,44 +132,40 @@ def run_directory(config: SweepConfig, depth: int, seed: int) -> Path:
     return Path(config.output_dir) / run_name(depth, seed)
 
 
+def training_job(config: SweepConfig, depth: int, seed: int, progress: bool = True):
+    """The run of size `depth` and seed `seed`: an ordinary training run, evaluated every `spacing` steps."""
+    return transformer_job(
+        output_dir=run_directory(config, depth, seed),
+        tokenizer=config.tokenizer,
+        preset="fmnist-small",
+        model=config.model_overrides(depth),
+        data=config.data,
+        token_cache_dir=Path(config.output_dir) / "token_cache",
+        steps=config.steps,
+        batch_size=config.batch_size,
+        base_lr=config.base_lr,
+        precision=config.precision,
+        seed=seed,
+        log_every=config.spacing,
+        eval_every=config.spacing,
+        eval_batches=config.eval_images // config.batch_size,
+        save_every=config.spacing,
+        progress=progress,
+    )
+
+
 def train_runs(config: SweepConfig, progress: bool = True) -> None:
     """Train (or resume, or skip when finished) every run of the sweep, smallest first."""
-    from nextscale.train.loop import LoopConfig, run
-    from nextscale.train.var_task import VARTask, VARTrainConfig
-
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
-    steps, eval_every = config.steps, config.spacing
     for depth, seed in config_runs(config):
-        directory = run_directory(config, depth, seed)
-        if _finished(directory, steps):
-            logger.info("%s: finished earlier (%s)", run_name(depth, seed), directory)
+        job = training_job(config, depth, seed, progress)
+        if _finished(job.directory, config.steps):
+            logger.info("%s: finished earlier (%s)", run_name(depth, seed), job.directory)
             continue
-        task = VARTask(
-            VARTrainConfig(
-                tokenizer=config.tokenizer,
-                preset="fmnist-small",
-                model=config.model_overrides(depth),
-                token_cache_dir=str(out / "token_cache"),
-                data=config.data,
-            )
-        )
-        loop = LoopConfig(
-            output_dir=str(directory),
-            steps=steps,
-            batch_size=config.batch_size,
-            base_lr=config.base_lr,
-            precision=config.precision,
-            seed=seed,
-            log_every=eval_every,
-            eval_every=eval_every,
-            eval_batches=config.eval_images // config.batch_size,
-            save_every=eval_every,
-            progress=progress,
-        )
-        logger.info("%s: training %d steps in %s", run_name(depth, seed), steps, directory)
-        run(task, loop)
+        logger.info("%s: training %d steps in %s", run_name(depth, seed), config.steps, job.directory)
+        job.run()
 
 
 def _finished(directory: Path, steps: int) -> bool:
@@ -301,7 +234,7 @@ def run_records(config: SweepConfig, token_space: TokenSpace, num_classes: int) 
 
 def report(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> dict:
     """Write runs.json, fits.json and the two figures from the finished runs; returns the fits."""
-    from nextscale.scaling.plots import plot_against_compute, plot_against_parameters
+    from nextscale.scaling.plots import plot_against_compute, plot_against_parameters  # matplotlib: optional
 
     out = Path(config.output_dir)
     runs = run_records(config, token_space, num_classes)

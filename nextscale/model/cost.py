@@ -1,4 +1,5 @@
-"""FLOPs of the VAR transformer per image, counted from its architecture and the scale schedule.
+"""What a transformer costs, counted from its configuration without building it: FLOPs per image (training and
+sampling) and the parameter count N, for VAR and for the raster (next-token) baseline.
 
 Convention. A FLOP is one multiply or one add: a matrix product (m, k) @ (k, n) costs 2·m·k·n. Only matrix products
 are counted (every Linear, and attention's q·kᵀ and softmax·v); elementwise work (LayerNorm, softmax, GELU, the AdaLN
@@ -25,11 +26,24 @@ no dense/block-causal choice. Classifier-free guidance runs a doubled batch (the
 transformer; nextscale's sampler always does, even with cfg 0.
 
 Letters: L tokens of the trained scales, l one scale's tokens, C width, Cv latent channels, V vocabulary, c head dim.
+
+Parameters. Parameter count of the VAR transformer from its configuration, without building it.
+
+N of the scaling laws is the total count, everything `VAR(config, token_space).parameters()` holds: the VAR paper's
+sizes are totals (var-d16 310M, var-d30 2.0B with the released tokenizer and 1000 classes). The embeddings are the
+look-up tables, which cost no matrix products: the class embedding, the start positions, the position embedding and
+the level embedding. The token embedding is a Linear on f̂ (it does multiply) and counts as a non-embedding weight,
+like the head.
+
+The raster baseline (`raster_*`): one map of L tokens in raster order, plain pre-LayerNorm blocks, dense causal
+attention (the L×L scores are computed, the mask discards half), a token embedding look-up (no product) and the head;
+training is 3 × forward (every input needs its gradient).
 """
 
 from __future__ import annotations
 
 from nextscale.model.config import VARConfig
+from nextscale.model.raster import RasterConfig
 
 ATTENTION_COUNTS = ("dense", "block_causal")
 
@@ -158,3 +172,81 @@ def inference_flops_per_image(config: VARConfig, token_space, *, classifier_free
     if config.adaln and not config.shared_adaln:
         total += rows * depth * 2 * C * 6 * C
     return total
+
+
+def embedding_parameters(config: VARConfig, token_space) -> int:
+    """Parameters of the look-up tables: class (with the null class), start positions, positions, levels."""
+    schedule, C = token_space.schedule, config.width
+    return C * ((config.num_classes + 1) + schedule.first_length + schedule.total_length + schedule.num_scales)
+
+
+def block_parameters(config: VARConfig) -> int:
+    """Parameters of one block: its AdaLN Linear (with `shared_adaln` its 6·C bias; without `adaln` the two affine
+    LayerNorms of the plain block instead), qkv with the q and v biases, the per-head temperature with L2-normalised
+    attention, proj and the MLP."""
+    C, hidden = config.width, round(config.width * config.mlp_ratio)
+    if not config.adaln:
+        conditioning = 2 * 2 * C
+    else:
+        conditioning = 6 * C if config.shared_adaln else C * 6 * C + 6 * C
+    attention = C * 3 * C + 2 * C + (config.num_heads if config.l2_norm_attention else 0) + C * C + C
+    mlp = C * hidden + hidden + hidden * C + C
+    return conditioning + attention + mlp
+
+
+def parameter_count(config: VARConfig, token_space, *, include_embeddings: bool = True) -> int:
+    """N: the transformer's parameters (all of them by default; `include_embeddings=False` leaves out the look-up
+    tables of `embedding_parameters`). `token_space` is any object with `vocab_size`, `latent_channels` and
+    `schedule`."""
+    C = config.width
+    token_embed = token_space.latent_channels * C + C
+    shared_adaln = C * 6 * C + 6 * C if config.shared_adaln else 0
+    # the head's AdaLN Linear (without `adaln`: its affine LayerNorm instead), then the head
+    head_conditioning = C * 2 * C + 2 * C if config.adaln else 2 * C
+    head = head_conditioning + C * token_space.vocab_size + token_space.vocab_size
+    total = token_embed + shared_adaln + config.depth * block_parameters(config) + head
+    return total + (embedding_parameters(config, token_space) if include_embeddings else 0)
+
+
+# ---- the raster (next-token) baseline -----------------------------------------------------------------------------
+
+
+def raster_forward_flops_per_image(config: RasterConfig, token_space, *, tokens: int | None = None) -> int:
+    """Teacher-forcing forward FLOPs of the raster model over `tokens` positions (all L of the map by default): the
+    token-wise Linears of every block, dense causal attention (2·C FLOPs per query-key pair for q·kᵀ and as much for
+    softmax·v, over all L² pairs) and the head."""
+    L = token_space.schedule.total_length if tokens is None else tokens
+    C, V = config.width, token_space.vocab_size
+    hidden = round(C * config.mlp_ratio)
+    per_token = 2 * C * 3 * C + 2 * C * C + 2 * 2 * C * hidden
+    return config.depth * (L * per_token + 2 * 2 * C * L * L) + L * 2 * C * V
+
+
+def raster_training_flops_per_image(config: RasterConfig, token_space) -> int:
+    """Forward and backward FLOPs of one training image of the raster model: 3 × forward."""
+    return 3 * raster_forward_flops_per_image(config, token_space)
+
+
+def raster_parameter_count(config: RasterConfig, token_space) -> int:
+    """Every parameter of `RasterTransformer(config, token_space)`: class and token embeddings, positions, the plain
+    blocks (two affine LayerNorms, qkv with q and v biases, the temperature with L2-normalised attention, proj, MLP),
+    the final LayerNorm and the head."""
+    C, V, L = config.width, token_space.vocab_size, token_space.schedule.total_length
+    hidden = round(C * config.mlp_ratio)
+    block = 2 * 2 * C + C * 3 * C + 2 * C + (config.num_heads if config.l2_norm_attention else 0) + C * C + C
+    block += C * hidden + hidden + hidden * C + C
+    return (config.num_classes + 1) * C + V * C + L * C + config.depth * block + 2 * C + C * V + V
+
+
+def training_flops(config: VARConfig | RasterConfig, token_space) -> int:
+    """Training FLOPs per image of either architecture (dense attention, every scale)."""
+    if isinstance(config, RasterConfig):
+        return raster_training_flops_per_image(config, token_space)
+    return training_flops_per_image(config, token_space)
+
+
+def parameters(config: VARConfig | RasterConfig, token_space) -> int:
+    """N of either architecture."""
+    if isinstance(config, RasterConfig):
+        return raster_parameter_count(config, token_space)
+    return parameter_count(config, token_space)
