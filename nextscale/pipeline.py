@@ -25,7 +25,7 @@ from nextscale.images import to_pil
 from nextscale.inference import prepare_for_inference
 from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR
-from nextscale.pretrained import from_pretrained, read_metadata
+from nextscale.pretrained import from_pretrained, read_metadata, recorded_sampling
 from nextscale.raster_sampling import generate_raster
 from nextscale.sampling import Generation, SamplingSettings, generate, resolve_labels
 from nextscale.tokenizer.tokenizer import Tokenizer
@@ -90,13 +90,16 @@ class Pipeline:
         directory: str | os.PathLike,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
-        settings: SamplingSettings | str = DEFAULT_PRESET,
+        settings: SamplingSettings | str | None = None,
     ) -> Pipeline:
-        """From a directory written by `save_pretrained` (both parts needed); class names from its metadata."""
+        """From a directory written by `save_pretrained` (both parts needed); class names from its metadata, and the
+        sampling settings it records as its default unless `settings` are given (else the `DEFAULT_PRESET`)."""
         tokenizer, model = from_pretrained(directory, device)
         if tokenizer is None or model is None:
             raise UsageError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
         classes = read_metadata(directory).get("classes")
+        if settings is None:
+            settings = recorded_sampling(directory) or DEFAULT_PRESET
         return cls(tokenizer, model, settings, classes, dtype, source=str(directory))
 
     @classmethod

@@ -35,6 +35,7 @@ FORMAT_VERSION = 2
 # models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist
 SHIPPED_MODELS = {"fmnist": "assets/fmnist"}
 META_FILE = "nextscale.json"
+SAMPLING_KEY = "sampling"  # nextscale.json: the model's default SamplingSettings
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # transformer architectures by the name recorded in transformer/config.json: (module class, config class)
@@ -216,7 +217,27 @@ def read_metadata(directory: str | os.PathLike) -> dict:
     classes = meta.get("classes")
     if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise CheckpointError(f"{file}: classes must be a list of class names, got {json.dumps(classes)[:60]}")
+    sampling = meta.get(SAMPLING_KEY)
+    if sampling is not None:
+        from nextscale.sampling import SamplingSettings  # the sampler's module: only when a model records settings
+
+        fields = set(SamplingSettings.__dataclass_fields__)
+        if not isinstance(sampling, dict) or not set(sampling) <= fields:
+            raise CheckpointError(f"{file}: {SAMPLING_KEY} must be an object of {sorted(fields)}, got {sampling!r:.80}")
+        try:
+            SamplingSettings(**sampling)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{file}: {SAMPLING_KEY}: {err}") from None
     return meta
+
+
+def recorded_sampling(directory: str | os.PathLike):
+    """The sampling settings a model directory records as its default (`"sampling"` in nextscale.json, chosen when
+    the model was evaluated), or None."""
+    from nextscale.sampling import SamplingSettings
+
+    sampling = read_metadata(directory).get(SAMPLING_KEY)
+    return SamplingSettings(**sampling) if sampling is not None else None
 
 
 def resolve_model(name_or_directory: str | os.PathLike) -> Path:

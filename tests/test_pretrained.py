@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained: exact round trips, atomic overwrite, strict and explained failures."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -85,3 +86,28 @@ def test_unknown_config_fields_are_refused(tmp_path, debug_models):
     config_file.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="codebook_temperature"):
         from_pretrained(path)
+
+
+def test_a_model_directory_records_its_default_sampling_settings(tmp_path, debug_models):
+    """ "sampling" in nextscale.json is the model's default: Pipeline.from_pretrained and `nextscale sample-set --model`
+    use it unless told otherwise; a damaged record is refused when the directory is read."""
+    from nextscale import cli
+    from nextscale.pipeline import Pipeline
+    from nextscale.sampling import SamplingSettings
+
+    tokenizer, model = debug_models
+    recorded = {"cfg": 2.5, "top_k": 7, "top_p": 0.0, "more_smooth": False}
+    save_pretrained(tmp_path / "m", tokenizer, model, metadata={"sampling": recorded})
+    assert Pipeline.from_pretrained(tmp_path / "m").settings == SamplingSettings(**recorded)
+    assert Pipeline.from_pretrained(tmp_path / "m", settings="fid").settings == SamplingSettings.preset("fid")
+    out = tmp_path / "set"
+    argv = ["sample-set", "--model", str(tmp_path / "m"), "--per-class", "1", "--classes", "0", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert json.loads((out / "settings.json").read_text())["sampling"] == {**asdict(SamplingSettings()), **recorded}
+    assert cli.main([*argv, "--top-k", "3", "--no-progress", "--out", str(tmp_path / "set3")]) == 0  # flags on top
+    assert json.loads((tmp_path / "set3" / "settings.json").read_text())["sampling"]["top_k"] == 3
+
+    for damaged in ({"cfg": -1}, {"temperature": 2}, [1, 2]):
+        save_pretrained(tmp_path / "bad", tokenizer, model, metadata={"sampling": damaged})
+        with pytest.raises(CheckpointError, match="sampling"):
+            Pipeline.from_pretrained(tmp_path / "bad")

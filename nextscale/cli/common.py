@@ -192,19 +192,26 @@ def add_sampling(parser: argparse.ArgumentParser, default_preset: str, seed: boo
     group.add_argument(
         "--preset",
         choices=list(SAMPLING_PRESETS),
-        default=default_preset,
-        help=f"named settings that the flags below override ({presets})",
+        help=f"named settings that the flags below override ({presets}); default: the settings a --model directory "
+        f"records as its own (nextscale.json), else {default_preset}",
     )
+    parser.set_defaults(fallback_preset=default_preset)
     add_config_options(group, SamplingSettings, defaults=asdict(SAMPLING_PRESETS[default_preset]))
     if seed:
         group.add_argument("--seed", type=int, default=0, help="seed of the sampler's random generator")
 
 
 def sampling_settings(args: argparse.Namespace):
-    """The SamplingSettings of the command line: the preset, then the flags given."""
+    """The SamplingSettings of the command line: --preset, else the settings --model records, else the command's
+    default preset; then the flags given."""
     from nextscale.sampling import SamplingSettings
 
-    return build_config(SamplingSettings, args, asdict(SamplingSettings.preset(args.preset)))
+    base = SamplingSettings.preset(args.preset) if args.preset else None
+    if base is None and getattr(args, "model", None):
+        from nextscale.pretrained import recorded_sampling  # reads the model's metadata (a torch-importing module)
+
+        base = recorded_sampling(args.model)
+    return build_config(SamplingSettings, args, asdict(base or SamplingSettings.preset(args.fallback_preset)))
 
 
 def check_seed(seed: int) -> None:

@@ -35,6 +35,8 @@ def cmd_demo(args) -> None:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: a port is in [0, 65535] (0 picks a free one)")
     started = time.perf_counter()
+    if not (args.model or args.vae or args.var):
+        args.model = "fmnist"  # the shipped Fashion-MNIST model; the page names the model it runs
     pipeline = load_pipeline(args)
     source = ModelSource(
         model=args.model,

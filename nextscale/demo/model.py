@@ -71,7 +71,12 @@ class ModelSource:
 
     @property
     def label(self) -> str:
-        return self.model if self.model is not None else f"{Path(self.vae).name} + {Path(self.var).name}"
+        """What the page calls the model: the directory or shipped name (with a shipped model's description), or the
+        two official files."""
+        if self.model is None:
+            return f"{Path(self.vae).name} + {Path(self.var).name}"
+        description = read_metadata(self.model).get("shipped", {}).get("description")
+        return f"{self.model} ({description})" if description else self.model
 
     def cli_flags(self) -> list[str]:
         def where(path: str) -> str:  # absolute when it is a file or folder here, else a name to resolve
