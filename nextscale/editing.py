@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from nextscale.edit_modes import EDIT_MODES
 from nextscale.errors import UsageError
 from nextscale.images import make_grid, to_pil
 from nextscale.model.var import VAR
@@ -40,7 +41,6 @@ from nextscale.sampling import (
 )
 from nextscale.tokenizer.tokenizer import Tokenizer
 
-EDIT_MODES = ("inpaint", "outpaint", "class-edit")
 _REGENERATED_TINT = (0.45, 0.08, 0.08)  # added to the darkened input where the edit regenerates (a dark red)
 
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nextscale.errors import UsageError
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 SCHEDULES: dict[str, tuple[int, ...]] = {
     "256": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
@@ -107,6 +110,8 @@ class ScaleSchedule:
 
     def level_ids(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(L,) int64: the scale index of every token."""
+        import torch  # deferred: configs built from schedules are read by the command line before torch loads
+
         levels = np.repeat(np.arange(self.num_scales), self.lengths)
         return torch.tensor(levels, dtype=torch.int64, device=device)
 
@@ -122,7 +127,7 @@ class ScaleSchedule:
         """(B, L) flat tokens → per-scale (B, h, w) maps."""
         if tokens_BL.shape[1] != self.total_length:
             raise ValueError(f"expected {self.total_length} tokens per image, got {tokens_BL.shape[1]}")
-        chunks = torch.split(tokens_BL, list(self.lengths), dim=1)
+        chunks = tokens_BL.split(list(self.lengths), dim=1)
         return [c.reshape(c.shape[0], p, p) for c, p in zip(chunks, self.patch_nums)]
 
     def __str__(self) -> str:

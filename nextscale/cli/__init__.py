@@ -1,7 +1,8 @@
 """The `nextscale` command: parses arguments, builds objects, calls the library. Nothing else lives here.
 
 Each module registers its subcommands (`add_commands`): `generate.py` (sample, edit, sample-set), `train.py`
-(train-tokenizer, train, evaluate, convert, quickstart), `evaluation.py`, `scaling.py`, `ablation.py`, `demo.py`;
+(train-tokenizer, evaluate, convert, perceptual-weights, quickstart), `train_transformer.py` (train), `evaluation.py`,
+`scaling.py`, `ablation.py`, `demo.py`;
 `common.py` (with the table of commands) and `options.py` hold what they share. Only the module of the command being
 run is imported, and none imports torch before its arguments are parsed, so `--help` and argument mistakes are
 answered at once.

@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "edit": ("generate", "zero-shot in-painting, out-painting and class-conditional editing"),
     "sample-set": ("generate", "per-class PNGs for FID/IS, resumable and torchrun-ready, plus <out>.npz"),
     "train-tokenizer": ("train", "train the multi-scale VQ tokenizer"),
-    "train": ("train", "train the VAR transformer on a trained tokenizer"),
+    "train": ("train_transformer", "train the VAR transformer on a trained tokenizer"),
     "evaluate": ("train", "tokenizer PSNR/usage and transformer loss/accuracy on a split"),
     "convert": ("train", "an official tokenizer checkpoint → a model directory for `train --tokenizer`"),
     "perceptual-weights": (
@@ -182,7 +182,7 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def add_sampling(parser: argparse.ArgumentParser, default_preset: str, seed: bool = True) -> None:
     """--preset and one option per SamplingSettings field; the preset fills what the flags leave out."""
-    from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
+    from nextscale.sampling_settings import SAMPLING_PRESETS, SamplingSettings
 
     group = parser.add_argument_group("sampling")
     presets = "; ".join(
@@ -204,7 +204,7 @@ def add_sampling(parser: argparse.ArgumentParser, default_preset: str, seed: boo
 def sampling_settings(args: argparse.Namespace):
     """The SamplingSettings of the command line: --preset, else the settings --model records, else the command's
     default preset; then the flags given."""
-    from nextscale.sampling import SamplingSettings
+    from nextscale.sampling_settings import SamplingSettings
 
     base = SamplingSettings.preset(args.preset) if args.preset else None
     if base is None and getattr(args, "model", None):

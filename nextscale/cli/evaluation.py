@@ -13,24 +13,16 @@ from nextscale.cli.options import add_config_options, build_config, given, to_ar
 
 _EVAL_RENAMES = {"use_cache": "--cache", "data_root": "--data-root"}
 _TRAIN_RENAMES = {"root": "--data-root"}
-# Interim: ClassifierTrainingConfig (nextscale/eval/classifier_training.py) has fields without the comment that is
-# their help; until it is written there, the help is given here.
-_CLASSIFIER_HELPS = {
-    "epochs": "passes over the Fashion-MNIST training split",
-    "batch_size": "images per SGD step",
-    "momentum": "SGD momentum",
-    "weight_decay": "SGD weight decay",
-    "label_smoothing": "of the cross-entropy loss",
-    "seed": "seed of the initial weights and the data order",
-}
 
 
 def add_commands(commands) -> None:
-    from nextscale.eval.classifier import ClassifierConfig
-    from nextscale.eval.classifier_training import ClassifierTrainingConfig
-    from nextscale.eval.evaluate_samples import EvaluationConfig
-    from nextscale.eval.feature_networks import FEATURE_NETWORKS
-    from nextscale.eval.image_sets import BUILTIN_REFERENCES
+    from nextscale.eval.config import (
+        BUILTIN_REFERENCES,
+        FEATURE_NETWORKS,
+        ClassifierConfig,
+        ClassifierTrainingConfig,
+        EvaluationConfig,
+    )
 
     p = add_command(commands, "eval-samples", cmd_eval_samples)
     add_config_options(
@@ -58,9 +50,7 @@ def add_commands(commands) -> None:
 
     p = add_command(commands, "train-classifier", cmd_train_classifier)
     recipe = p.add_argument_group("recipe")
-    add_config_options(
-        recipe, ClassifierTrainingConfig, exclude=("model",), renames=_TRAIN_RENAMES, helps=_CLASSIFIER_HELPS
-    )
+    add_config_options(recipe, ClassifierTrainingConfig, exclude=("model",), renames=_TRAIN_RENAMES)
     add_config_options(p.add_argument_group("network"), ClassifierConfig, exclude=("num_classes",))
     p.add_argument(
         "--out",
@@ -102,8 +92,7 @@ def cmd_eval_samples(args) -> None:
 
 def _training_command(args) -> str:
     """The command line that remakes this run: the flags that were given, then --out."""
-    from nextscale.eval.classifier import ClassifierConfig
-    from nextscale.eval.classifier_training import ClassifierTrainingConfig
+    from nextscale.eval.config import ClassifierConfig, ClassifierTrainingConfig
 
     values = {**given(args, ClassifierTrainingConfig, exclude=("model",)), **given(args, ClassifierConfig)}
     return shlex.join(["nextscale", "train-classifier", *to_argv(values, _TRAIN_RENAMES), "--out", args.out])

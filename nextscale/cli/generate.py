@@ -19,7 +19,7 @@ from nextscale.cli.common import (
 
 
 def add_commands(commands) -> None:
-    from nextscale.editing import EDIT_MODES
+    from nextscale.edit_modes import EDIT_MODES
 
     p = add_command(commands, "sample", cmd_sample)
     add_model_source(p)

@@ -1,8 +1,9 @@
-"""`nextscale train-tokenizer`, `train`, `evaluate`, `convert`, `quickstart`.
+"""`nextscale train-tokenizer`, `evaluate`, `convert`, `perceptual-weights`, `quickstart`, and the options that
+`train` (train_transformer.py) shares with `train-tokenizer`.
 
-Training options are generated from the configs (`LoopConfig`, `DataConfig`, the task's config and, for the
-transformer, `VARConfig`): every field has a flag, the help shows its default, and a value is taken from, in order,
-the config's default, the recipe (`--recipe`), then the flag.
+Training options are generated from the configs (`LoopConfig`, `DataConfig`, the task's config and the architecture's
+config): every field has a flag, the help shows its default, and a value is taken from, in order, the config's
+default, the recipe (`--recipe`), then the flag.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 
 from nextscale.cli.common import DEVICE_HELP, UsageError, add_command, check_device, check_output_dir
 from nextscale.cli.options import add_config_options, build_config, given, to_argv
-from nextscale.config_io import field_types
 from nextscale.train.precision import PRECISION_CHOICES
 
 _LOOP_RENAMES = {"output_dir": "--out"}
@@ -21,32 +21,9 @@ _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
 _DATA_EXCLUDE = ("seed",)  # one --seed for the run (LoopConfig's)
 
 
-# Interim: LoopConfig (nextscale/train/loop.py) and VARConfig (nextscale/model/config.py) have fields without a
-# comment, which is their help; until those comments are written there, the help is given here.
-_LOOP_HELPS = {
-    "grad_accumulation": "micro-batches per optimizer step (batch_size is split among them)",
-    "warmup_start_ratio": "lr at the start of the warmup, as a fraction of the peak lr",
-    "final_lr_ratio": "lr at the end of the run, as a fraction of the peak lr",
-    "weight_decay": "AdamW weight decay (not on embeddings, biases and gains)",
-    "seed": "seed of everything random in the run (weights, data order, augmentation)",
-    "log_every": "steps between metric lines (console, TensorBoard, metrics.jsonl)",
-    "eval_batches": "validation batches per evaluation",
-    "save_every": "steps between checkpoints",
-    "keep_last": "checkpoints kept (older ones are deleted)",
-    "progress": "progress bars (--no-progress hides them all)",
-}
-_VAR_HELPS = {
-    "depth": "transformer blocks; width and heads follow from it unless given",
-    "mlp_ratio": "hidden width of the feed-forward layers, as a multiple of the width",
-    "norm_eps": "epsilon of the layer norms",
-    "init_head_scale": "scale of the output head's initial weights",
-    "init_adaln_scale": "scale of the AdaLN projections' initial weights",
-}
-
-
-def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
-    from nextscale.data.build import DATASETS, DataConfig
-    from nextscale.train.loop import LoopConfig
+def add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
+    from nextscale.data.config import DATASETS, DataConfig
+    from nextscale.train.config import LoopConfig
     from nextscale.train.schedule import NAMED_SCHEDULES
 
     add_config_options(
@@ -56,8 +33,6 @@ def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
         renames=_LOOP_RENAMES,
         choices={"precision": PRECISION_CHOICES, "wrap": ("ddp", "fsdp", "none")},
         helps={
-            **_LOOP_HELPS,
-            "output_dir": "run directory (checkpoints, logs, model/); rerun the same command to resume",
             "lr_schedule": f"{', '.join(NAMED_SCHEDULES)}, or lin<T> with 0<T<1 (two slopes meeting at T)",
         },
     )
@@ -76,9 +51,9 @@ def _add_loop_and_data(parser: argparse.ArgumentParser, recipe) -> None:
     )
 
 
-def _loop_and_data(args, recipe):
-    from nextscale.data.build import DataConfig
-    from nextscale.train.loop import LoopConfig
+def loop_and_data(args, recipe):
+    from nextscale.data.config import DataConfig
+    from nextscale.train.config import LoopConfig
 
     loop = build_config(LoopConfig, args, recipe.loop)
     data = build_config(DataConfig, args, recipe.data, seed=loop.seed)
@@ -86,7 +61,7 @@ def _loop_and_data(args, recipe):
     return loop, data
 
 
-def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) -> None:
+def add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) -> None:
     parser.set_defaults(recipes=recipes)
     parser.add_argument(
         "--recipe",
@@ -98,17 +73,14 @@ def _add_recipe(parser: argparse.ArgumentParser, recipes: dict, default: str) ->
 
 
 def add_commands(commands) -> None:
-    from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
-    from nextscale.model.raster import RASTER_PRESETS, RasterConfig
-    from nextscale.tokenizer.tokenizer import TOKENIZER_PRESETS, TokenizerConfig, tokenizer_preset
-    from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, DEFAULT_VAR_RECIPE, TOKENIZER_RECIPES, VAR_RECIPES
-    from nextscale.train.tokenizer_task import TokenizerTrainConfig
-    from nextscale.train.var_task import ARCHITECTURES, VARTrainConfig
+    from nextscale.tokenizer.config import TOKENIZER_PRESETS, TokenizerConfig, tokenizer_preset
+    from nextscale.train.recipes import DEFAULT_TOKENIZER_RECIPE, TOKENIZER_RECIPES
+    from nextscale.train.tokenizer_config import TokenizerTrainConfig
 
     recipe = TOKENIZER_RECIPES[DEFAULT_TOKENIZER_RECIPE]
     p = add_command(commands, "train-tokenizer", cmd_train_tokenizer)
-    _add_recipe(p, TOKENIZER_RECIPES, DEFAULT_TOKENIZER_RECIPE)
-    _add_loop_and_data(p, recipe)
+    add_recipe(p, TOKENIZER_RECIPES, DEFAULT_TOKENIZER_RECIPE)
+    add_loop_and_data(p, recipe)
     add_config_options(
         p.add_argument_group("tokenizer training"),
         TokenizerTrainConfig,
@@ -121,30 +93,6 @@ def add_commands(commands) -> None:
         TokenizerConfig,
         show_defaults=False,
         preset=(recipe.task["preset"], asdict(tokenizer_preset(recipe.task["preset"]))),
-    )
-
-    recipe = VAR_RECIPES[DEFAULT_VAR_RECIPE]
-    p = add_command(commands, "train", cmd_train)
-    _add_recipe(p, VAR_RECIPES, DEFAULT_VAR_RECIPE)
-    _add_loop_and_data(p, recipe)
-    add_config_options(
-        p.add_argument_group("transformer training"),
-        VARTrainConfig,
-        defaults=recipe.task,
-        exclude=("data", "model"),
-        choices={"preset": list(dict.fromkeys([*VAR_PRESETS, *RASTER_PRESETS])), "architecture": ARCHITECTURES},
-    )
-    model_group = p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)")
-    shown = (recipe.task["preset"], asdict(var_preset(recipe.task["preset"], **recipe.model)))
-    add_config_options(
-        model_group, VARConfig, exclude=("num_classes",), show_defaults=False, helps=_VAR_HELPS, preset=shown
-    )
-    raster_only = [name for name in field_types(RasterConfig) if name not in field_types(VARConfig)]
-    add_config_options(
-        model_group,
-        RasterConfig,
-        exclude=[name for name in field_types(RasterConfig) if name not in raster_only],
-        show_defaults=False,
     )
 
     p = add_command(commands, "evaluate", cmd_evaluate)
@@ -183,43 +131,16 @@ def cmd_train_tokenizer(args) -> None:
     from nextscale.train.tokenizer_task import TokenizerTask, TokenizerTrainConfig
 
     recipe = args.recipes[args.recipe]
-    loop, data = _loop_and_data(args, recipe)
+    loop, data = loop_and_data(args, recipe)
     architecture = given(args, TokenizerConfig)
     config = build_config(TokenizerTrainConfig, args, recipe.task, data=data, tokenizer=architecture)
     if args.restart:
-        _restart(loop.output_dir)
+        move_previous_run_aside(loop.output_dir)
     export = run(TokenizerTask(config), loop)
     print(f"tokenizer written to {export}")
 
 
-def cmd_train(args) -> None:
-    from nextscale.model.config import VARConfig
-    from nextscale.model.raster import RasterConfig
-    from nextscale.train.loop import run
-    from nextscale.train.var_task import VARTask, VARTrainConfig
-
-    recipe = args.recipes[args.recipe]
-    loop, data = _loop_and_data(args, recipe)
-    architecture = args.architecture or recipe.task.get("architecture", "var")
-    model_config = RasterConfig if architecture == "raster" else VARConfig
-    flags = {**given(args, VARConfig, exclude=("num_classes",)), **given(args, RasterConfig, exclude=("num_classes",))}
-    foreign = sorted(set(flags) - set(field_types(model_config)))
-    if foreign:
-        raise UsageError(f"--{foreign[0].replace('_', '-')} is not a setting of the {architecture} architecture")
-    model = {**recipe.model, **flags}
-    config = build_config(VARTrainConfig, args, recipe.task, data=data, model=model)
-    if not Path(config.tokenizer).is_dir():
-        raise UsageError(
-            f"--tokenizer {config.tokenizer}: directory not found (train one with nextscale train-tokenizer, or "
-            "convert the released one with nextscale convert)"
-        )
-    if args.restart:
-        _restart(loop.output_dir)
-    export = run(VARTask(config), loop)
-    print(f"model written to {export}")
-
-
-def _restart(output_dir: str) -> None:
+def move_previous_run_aside(output_dir: str) -> None:
     from nextscale.train.loop import restart_run
 
     aside = restart_run(output_dir)
@@ -278,7 +199,7 @@ def cmd_evaluate(args) -> None:
 
     import torch
 
-    from nextscale.data.build import DataConfig
+    from nextscale.data.config import DataConfig
     from nextscale.eval.metrics import evaluate_tokenizer, evaluate_transformer
     from nextscale.pretrained import from_pretrained
 

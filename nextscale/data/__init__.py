@@ -1,17 +1,37 @@
 """Datasets, the recipe's image transform and the resumable distributed sampler.
 
 Every dataset yields (image_3HW float32 in [-1, 1], label int) and has `.classes` and `.num_classes`.
+The names below are imported on first use: `nextscale.data.config` must load without torch, for the command line.
 """
 
-from nextscale.data.base import ImageDataset
-from nextscale.data.build import DATASETS, DataConfig, build_dataset
-from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
-from nextscale.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
-from nextscale.data.idx import IdxFormatError, parse_idx, read_idx
-from nextscale.data.procedural import PROCEDURAL_CLASSES, ProceduralShapes
-from nextscale.data.sampler import ResumableDistributedSampler
-from nextscale.data.seeding import SampleKey, derive_seed, sample_generator
-from nextscale.data.transforms import ImageTransform, to_rgb
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ImageDataset": "nextscale.data.base",
+    "DATASETS": "nextscale.data.config",
+    "DataConfig": "nextscale.data.config",
+    "build_dataset": "nextscale.data.build",
+    "DEFAULT_FASHION_MNIST_ROOT": "nextscale.data.fashion_mnist",
+    "FASHION_MNIST_CLASSES": "nextscale.data.fashion_mnist",
+    "FashionMNIST": "nextscale.data.fashion_mnist",
+    "IMAGE_EXTENSIONS": "nextscale.data.folder",
+    "ImageFolderDataset": "nextscale.data.folder",
+    "IdxFormatError": "nextscale.data.idx",
+    "parse_idx": "nextscale.data.idx",
+    "read_idx": "nextscale.data.idx",
+    "PROCEDURAL_CLASSES": "nextscale.data.procedural",
+    "ProceduralShapes": "nextscale.data.procedural",
+    "ResumableDistributedSampler": "nextscale.data.sampler",
+    "SampleKey": "nextscale.data.seeding",
+    "derive_seed": "nextscale.data.seeding",
+    "sample_generator": "nextscale.data.seeding",
+    "ImageTransform": "nextscale.data.transforms",
+    "to_rgb": "nextscale.data.transforms",
+}
 
 __all__ = [
     "DATASETS",
@@ -35,3 +55,28 @@ __all__ = [
     "sample_generator",
     "to_rgb",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'nextscale.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:
+    from nextscale.data.base import ImageDataset
+    from nextscale.data.build import build_dataset
+    from nextscale.data.config import DATASETS, DataConfig
+    from nextscale.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
+    from nextscale.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
+    from nextscale.data.idx import IdxFormatError, parse_idx, read_idx
+    from nextscale.data.procedural import PROCEDURAL_CLASSES, ProceduralShapes
+    from nextscale.data.sampler import ResumableDistributedSampler
+    from nextscale.data.seeding import SampleKey, derive_seed, sample_generator
+    from nextscale.data.transforms import ImageTransform, to_rgb

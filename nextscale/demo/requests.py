@@ -19,7 +19,7 @@ from PIL import Image
 
 from nextscale.demo.model import DemoModel
 from nextscale.demo.pngs import ImageDecodeError, data_url_to_pil
-from nextscale.editing import EDIT_MODES
+from nextscale.edit_modes import EDIT_MODES
 from nextscale.errors import UsageError
 from nextscale.sampling import SamplingSettings
 

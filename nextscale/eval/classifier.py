@@ -20,32 +20,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.eval.config import ClassifierConfig  # noqa: F401 (re-exported)
+
 INPUT_SIZE = 32  # side every input is resized to (that of the 32-px Fashion-MNIST of nextscale.data)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_WEIGHTS = WEIGHTS_DIR / "fmnist_classifier.safetensors"
 STORAGE_DTYPE = torch.float16  # of the weights file; the model computes in float32
 CONFIG_KEY = "classifier_config"  # safetensors metadata entry holding the ClassifierConfig as JSON
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    widths: tuple[int, int, int] = (16, 32, 64)  # channels of the 32², 16² and 8² stages
-    feature_dim: int = 128  # F, the penultimate width (the "fmnist" feature vector)
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
-        if len(self.widths) != 3 or min(self.widths) <= 0:
-            raise ValueError(f"widths must be three positive channel counts, got {self.widths}")
-        if self.feature_dim <= 0 or self.num_classes < 2:
-            raise ValueError(f"need feature_dim > 0 and num_classes ≥ 2, got {self.feature_dim}, {self.num_classes}")
 
 
 def _conv_block(in_channels: int, out_channels: int) -> list[nn.Module]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -22,38 +22,10 @@ from tqdm.auto import tqdm
 
 from nextscale.data.fashion_mnist import FashionMNIST
 from nextscale.data.seeding import derive_seed
-from nextscale.eval.classifier import ClassifierConfig, FashionClassifier, round_to_storage_precision
+from nextscale.eval.classifier import FashionClassifier, round_to_storage_precision
+from nextscale.eval.config import ClassifierConfig, ClassifierTrainingConfig  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClassifierTrainingConfig:
-    epochs: int = 14
-    batch_size: int = 128
-    peak_lr: float = 0.05  # SGD learning rate after warm-up
-    warmup_fraction: float = 0.03  # share of the steps spent warming the learning rate up from 0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
-    crop_padding: int = 2  # random crops after zero padding by this many pixels
-    hflip: bool = True  # random horizontal flips
-    image_size: int = 32  # side of the training images as `nextscale.data` loads them
-    root: str | None = None  # folder of the Fashion-MNIST IDX files; None: the data module's default
-    seed: int = 0
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size <= 0:
-            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.peak_lr <= 0:
-            raise ValueError(f"peak_lr must be positive, got {self.peak_lr}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.crop_padding < self.image_size // 2:
-            raise ValueError(f"crop_padding must be in [0, {self.image_size // 2}), got {self.crop_padding}")
 
 
 def learning_rate(step: int, total_steps: int, config: ClassifierTrainingConfig) -> float:

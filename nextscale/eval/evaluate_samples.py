@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
-from nextscale.eval.feature_networks import FEATURE_NETWORKS, build_feature_network, extract_features
+from nextscale.eval.config import FEATURE_NETWORKS, EvaluationConfig  # noqa: F401 (re-exported)
+from nextscale.eval.feature_networks import build_feature_network, extract_features
 from nextscale.eval.fidelity_metrics import (
     class_accuracy,
     frechet_distance,
@@ -44,31 +44,6 @@ TABLE_ROWS = (
     ("num_samples", "samples", "{}"),
     ("num_reference", "reference images", "{}"),
 )
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    samples: str  # folder of images, .npz, or fashion-mnist:train / :test (real images: the floor row)
-    reconstruct_with: str | None = None  # model folder whose tokenizer round-trips the samples first (its floor)
-    reference: str = "fashion-mnist:test"
-    features: str = "fmnist"  # "fmnist" or "inception"
-    inception_weights: str | None = None  # local InceptionV3 state dict (.pth); None: torch-fidelity downloads it
-    classifier_weights: str | None = None  # None: the classifier shipped with nextscale
-    data_root: str | None = None  # folder of the Fashion-MNIST IDX files; None: the data module's default
-    cache_dir: str | None = None  # None: reference_cache.default_cache_dir()
-    use_cache: bool = True
-    batch_size: int = 100
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.features not in FEATURE_NETWORKS:
-            raise ValueError(f"--features {self.features!r}: choose one of {', '.join(FEATURE_NETWORKS)}")
-        if self.features != "inception" and self.inception_weights is not None:
-            raise ValueError("--inception-weights needs --features inception")
-        if self.features != "fmnist" and self.classifier_weights is not None:
-            raise ValueError("--classifier-weights needs --features fmnist")
 
 
 def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:

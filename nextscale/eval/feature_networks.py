@@ -22,10 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from nextscale.eval.classifier import SHIPPED_WEIGHTS, file_sha256, load_classifier
+from nextscale.eval.config import FEATURE_NETWORKS  # noqa: F401 (re-exported)
 from nextscale.eval.fidelity_backend import import_torch_fidelity
 from nextscale.eval.image_sets import ImageSet
 
-FEATURE_NETWORKS = ("fmnist", "inception")
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name of its InceptionV3
 INCEPTION_FEATURES = ("2048", "logits_unbiased")  # pool3 for FID/KID/PR, unbiased logits for IS (its defaults)
 

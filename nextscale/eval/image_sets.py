@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 from nextscale.data.folder import IMAGE_EXTENSIONS
+from nextscale.eval.config import BUILTIN_REFERENCES  # noqa: F401 (re-exported)
 
-BUILTIN_REFERENCES = ("fashion-mnist:test", "fashion-mnist:train")
 CLASS_IN_NAME = re.compile(r"^class(\d+)_")  # the class prefix of sample-set file names
 LABELS_KEY = "labels"
 

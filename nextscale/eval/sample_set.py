@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,49 +33,17 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nextscale.eval.config import MAX_BATCH_SIZE, SampleSetConfig, parse_classes  # noqa: F401 (re-exported)
 from nextscale.eval.image_sets import CLASS_IN_NAME
 from nextscale.images import to_pil
 from nextscale.pipeline import Pipeline
 from nextscale.progress import progress_bar
-from nextscale.sampling import SAMPLING_PRESETS, SamplingSettings
+from nextscale.sampling import SamplingSettings
 
 SETTINGS_FILE = "settings.json"
 MAX_BATCHES = 1_000_000  # batch seeds are seed·MAX_BATCHES + b, distinct for every (seed, b)
-MAX_BATCH_SIZE = 10_000  # four digits of row in the file names
 # settings.json fields that do not change the images, so a resumed run may differ in them
 _INFORMATIONAL = ("library_version", "naming", "seeding")
-
-
-@dataclass(frozen=True)
-class SampleSetConfig:
-    out_dir: str
-    per_class: int = 50  # images of each class (50 × 1000 classes = the official 50,000)
-    classes: tuple[int, ...] | None = None  # None: every class of the model
-    batch_size: int = 64  # part of the recipe: another batch size gives other images
-    seed: int = 0  # base seed, ≥ 0
-    settings: SamplingSettings = field(default_factory=lambda: SAMPLING_PRESETS["fid"])
-    rejection: int = 1  # > 1: draw this many candidates per image, keep the one the classifier likes best ("-re")
-
-    def __post_init__(self) -> None:
-        if self.rejection < 1:
-            raise ValueError(f"rejection (candidates per image) must be ≥ 1, got {self.rejection}")
-        if self.per_class <= 0:
-            raise ValueError(f"per_class must be positive, got {self.per_class}")
-        if not 0 < self.batch_size <= MAX_BATCH_SIZE:
-            raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {self.batch_size}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be ≥ 0, got {self.seed}")
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
-            if not self.classes:
-                raise ValueError("classes is empty")
-            if len(set(self.classes)) != len(self.classes):
-                raise ValueError("classes repeat; each class appears once (use per_class for more images)")
-
-    @property
-    def npz_path(self) -> Path:
-        folder = Path(self.out_dir)
-        return folder.parent / f"{folder.name}.npz"
 
 
 @dataclass(frozen=True)
@@ -92,21 +60,6 @@ class SampleSetStatus:
     existing: int  # images of this rank's batches found complete at the start
     written: int  # images this call wrote
     remaining: int  # images of this rank's batches still missing (max_batches stopped early)
-
-
-def parse_classes(spec: str) -> tuple[int, ...]:
-    """'0-999' / '1,5,7' / '0-9,20' → class ids in the order given."""
-    classes: list[int] = []
-    try:
-        for part in (p.strip() for p in spec.split(",")):
-            first, _, last = part.partition("-")
-            low, high = int(first), int(last) if last else int(first)
-            if high < low:
-                raise ValueError
-            classes.extend(range(low, high + 1))
-    except ValueError:
-        raise ValueError(f"bad class list {spec!r}: use ids and ranges like 0-999 or 1,5,7 or 0-9,20") from None
-    return tuple(classes)
 
 
 def batch_seed(seed: int, batch_index: int) -> int:

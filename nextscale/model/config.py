@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from nextscale.errors import UnknownNameError, UsageError
+
 
 @dataclass
 class VARConfig:
@@ -41,17 +43,17 @@ class VARConfig:
         if self.drop_path_rate is None:
             self.drop_path_rate = 0.1 * self.depth / 24
         if self.depth < 1 or self.width < 1 or self.num_heads < 1:
-            raise ValueError(f"depth, width, heads must be positive: {self.depth}, {self.width}, {self.num_heads}")
+            raise UsageError(f"depth, width, heads must be positive: {self.depth}, {self.width}, {self.num_heads}")
         if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+            raise UsageError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+            raise UsageError(f"num_classes must be positive, got {self.num_classes}")
         if self.shared_adaln and not self.adaln:
-            raise ValueError("shared_adaln needs adaln (there is no modulation to share without it)")
+            raise UsageError("shared_adaln needs adaln (there is no modulation to share without it)")
         if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+            raise UsageError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.attention_scale is not None and (self.l2_norm_attention or not self.attention_scale > 0):
-            raise ValueError(
+            raise UsageError(
                 f"attention_scale ({self.attention_scale}) must be positive and needs l2_norm_attention off "
                 "(the normalised attention learns its own temperature)"
             )
@@ -92,5 +94,5 @@ VAR_PRESETS: dict[str, dict] = {
 
 def var_preset(name: str, **overrides) -> VARConfig:
     if name not in VAR_PRESETS:
-        raise KeyError(f"unknown transformer preset {name!r}; choose from {', '.join(VAR_PRESETS)}")
+        raise UnknownNameError(f"unknown transformer preset {name!r}; choose from {', '.join(VAR_PRESETS)}")
     return VARConfig(**{**VAR_PRESETS[name], **overrides})

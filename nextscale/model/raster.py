@@ -12,89 +12,15 @@ Letters: B batch, L tokens of the map, l tokens fed in one decoding step, C widt
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from nextscale import label_dropout
 from nextscale.model.blocks import LayerCache, PlainBlock
+from nextscale.model.raster_config import RASTER_PRESETS, RasterConfig, raster_preset
 
-
-@dataclass
-class RasterConfig:
-    """The raster transformer's own hyper-parameters. What it reads and predicts (vocabulary, the one token map) is
-    the tokenizer's token space, passed to `RasterTransformer(config, token_space)`. Width and heads follow from
-    the depth as for VAR (width 64·depth, 64-wide heads) unless given; GPT-2 small is depth 12 in this rule."""
-
-    depth: int = 12
-    width: int | None = None  # C; None → 64·depth
-    num_heads: int | None = None  # None → depth
-    num_classes: int = 1000  # the null (unconditional) class is index `num_classes`
-    mlp_ratio: float = 4.0
-    drop_path_rate: float = 0.0  # stochastic depth of the last block; earlier blocks get a linear ramp from 0
-    label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
-    l2_norm_attention: bool = False  # VAR's L2-normalised q/k with a learned temperature; off: softmax(q·k·scale)
-    attention_scale: float | None = None  # q·k factor without l2_norm_attention; None → GPT-2's 1/√(head dim)
-    norm_eps: float = 1e-5  # GPT-2's LayerNorm epsilon
-    # init_weights(): GPT-2's rules
-    init_std: float = 0.02  # every Linear, embedding and the position embedding
-    init_head_scale: float = 1.0  # the head's std is init_std × this (GPT-2 ties it to the token embedding: 1)
-
-    def __post_init__(self) -> None:
-        if self.width is None:
-            self.width = 64 * self.depth
-        if self.num_heads is None:
-            self.num_heads = self.depth
-        if self.depth < 1 or self.width < 1 or self.num_heads < 1:
-            raise ValueError(f"depth, width, heads must be positive: {self.depth}, {self.width}, {self.num_heads}")
-        if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be positive, got {self.norm_eps}")
-        if self.attention_scale is not None and (self.l2_norm_attention or not self.attention_scale > 0):
-            raise ValueError(f"attention_scale ({self.attention_scale}) must be positive and needs l2_norm_attention off")
-        if not self.init_std > 0 or self.init_head_scale < 0:
-            raise ValueError(
-                f"init_std must be positive and init_head_scale ≥ 0: {self.init_std}, {self.init_head_scale}"
-            )
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.num_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-_CPU_SIZED = dict(num_classes=10, drop_path_rate=0.0)
-
-# Constructor arguments, so that overriding `depth` re-derives width and heads. The fmnist sizes pair with a
-# one-scale version of the "fmnist-32" tokenizer (8×8 tokens, V = 512) and match the parameter counts of the VAR
-# presets of the same name: a plain block has no AdaLN Linear (6C² per block), so the raster model is deeper.
-RASTER_PRESETS: dict[str, dict] = {
-    "gpt2-small": dict(depth=12),  # GPT-2 small's shape (768 wide, 12 heads)
-    "fmnist-small": dict(depth=9, width=256, num_heads=4, **_CPU_SIZED),  # ≈ VAR fmnist-small's parameters
-    "fmnist-tiny": dict(depth=6, width=128, num_heads=2, **_CPU_SIZED),  # ≈ VAR fmnist-tiny's parameters
-    "debug": dict(depth=2, width=64, num_heads=2, **_CPU_SIZED),
-}
-
-
-def raster_preset(name: str, **overrides) -> RasterConfig:
-    if name not in RASTER_PRESETS:
-        raise KeyError(f"unknown raster preset {name!r}; choose from {', '.join(RASTER_PRESETS)}")
-    return RasterConfig(**{**RASTER_PRESETS[name], **overrides})
+__all__ = ["RASTER_PRESETS", "RasterConfig", "RasterTransformer", "raster_preset"]
 
 
 class RasterTransformer(nn.Module):
@@ -179,10 +105,11 @@ class RasterTransformer(nn.Module):
     # ---- pieces shared by teacher forcing and decoding --------------------------------------------------------------
 
     def drop_labels(self, labels_B: torch.Tensor, rate: float | None = None) -> torch.Tensor:
-        """Replace labels by the null class with probability `rate` (global RNG, one draw per label, as VAR)."""
-        rate = self.config.label_dropout if rate is None else rate
-        drop_B = torch.rand(labels_B.shape[0], device=labels_B.device) < rate
-        return torch.where(drop_B, self.config.null_class, labels_B)
+        """Replace labels by the null class with probability `rate` (default: the config's `label_dropout`; global
+        RNG, one draw per label, as the official code)."""
+        return label_dropout.drop_labels(
+            labels_B, self.config.label_dropout if rate is None else rate, self.config.null_class
+        )
 
     def start_input(self, labels_B: torch.Tensor) -> torch.Tensor:
         """Position 0's input: class embedding + position embedding, (B, 1, C)."""

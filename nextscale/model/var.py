@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nextscale import label_dropout
 from nextscale.model.blocks import AdaLNBlock, AdaLNModulation, LayerCache, PlainBlock
 from nextscale.model.config import VARConfig
 from nextscale.token_space import TokenSpace
@@ -110,10 +111,11 @@ class VAR(nn.Module):
     # ---- pieces shared by teacher forcing and sampling -------------------------------------------------------------
 
     def drop_labels(self, labels_B: torch.Tensor, rate: float | None = None) -> torch.Tensor:
-        """Replace labels by the null class with probability `rate` (global RNG, one draw per label, as official)."""
-        rate = self.config.label_dropout if rate is None else rate
-        drop_B = torch.rand(labels_B.shape[0], device=labels_B.device) < rate
-        return torch.where(drop_B, self.config.null_class, labels_B)
+        """Replace labels by the null class with probability `rate` (default: the config's `label_dropout`; global
+        RNG, one draw per label, as the official code)."""
+        return label_dropout.drop_labels(
+            labels_B, self.config.label_dropout if rate is None else rate, self.config.null_class
+        )
 
     def condition(self, cond_BD: torch.Tensor) -> torch.Tensor:
         """What the blocks receive: the class condition, or the shared AdaLN modulation computed once."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from nextscale.train.checkpoint import CheckpointManager
 
 if TYPE_CHECKING:
-    from nextscale.train.loop import LoopConfig
+    from nextscale.train.config import LoopConfig
 
 WINDOW = 50  # healthy losses the median is taken over, and steps of history kept
 EXPLOSION_FACTOR = 10.0  # unhealthy above median + factor·|median| (about 11× the median for a positive loss)

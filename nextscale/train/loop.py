@@ -1,10 +1,10 @@
 """One training loop for both stages; the tokenizer and the transformer plug in a `Task` (task.py).
 
 The loop owns what every run needs: distributed setup, the resumable sampler, the lr/wd schedule, logging, progress
-bars, periodic evaluation, atomic checkpoints with automatic resume (resume.py), and the final export. A task owns
-its models, optimizers and the step itself. Everything random is keyed by (seed, step, sample) or restored from the
-checkpoint, so a run killed at any point and started again with the same command reaches the same weights bit for bit
-(CPU, fp32).
+bars, periodic evaluation, atomic checkpoints with automatic resume (resume.py), and the final export; its settings
+are a `LoopConfig` (config.py, re-exported here). A task owns its models, optimizers and the step itself.
+Everything random is keyed by (seed, step, sample) or restored from the checkpoint, so a run killed at any point and
+started again with the same command reaches the same weights bit for bit (CPU, fp32).
 
 What can go wrong, and what happens:
 - the newest checkpoint is damaged: resume from the newest intact one (the damaged one is renamed, never deleted);
@@ -23,7 +23,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +35,14 @@ from nextscale.distributed import DistributedContext, reduce_metrics, setup_dist
 from nextscale.errors import UsageError
 from nextscale.progress import progress_bar
 from nextscale.train.checkpoint import GOOD_STATE_KEY, CheckpointManager, capture_rng_state
+from nextscale.train.config import LoopConfig
 from nextscale.train.distributed import optimizer_state
 from nextscale.train.divergence import EXPLOSION_FACTOR, LossMonitor, NonFiniteLossError, diverged
 from nextscale.train.metrics import MetricLogger, ThroughputMeter, configure_logging, format_eta
-from nextscale.train.precision import PRECISION_CHOICES
+from nextscale.train.precision import PRECISION_CHOICES, resolve_precision
 from nextscale.train.resume import check_settings, resume
 from nextscale.train.run_folder import RunFolder, restart_run
-from nextscale.train.schedule import ScheduleConfig, apply_schedule
+from nextscale.train.schedule import apply_schedule
 from nextscale.train.task import StepContext, Task
 
 logger = logging.getLogger(__name__)
@@ -50,95 +51,6 @@ __all__ = [
     "PRECISION_CHOICES", "LoopConfig", "NonFiniteLossError", "StepContext", "Task", "TrainingInterrupted",
     "resolve_precision", "restart_run", "run",
 ]  # fmt: skip
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name → autocast dtype
-
-
-@dataclass
-class LoopConfig:
-    """How a run trains, whatever it trains: length, batch, optimisation schedule, precision, logging, evaluation,
-    checkpoints. Saved with every checkpoint; a resume with other settings (except those in RESUMABLE_CHANGES) is
-    refused, naming the field. It holds no model or data settings (those are the task's)."""
-
-    output_dir: str = "runs/var"
-    steps: int = 2000  # optimizer steps (see epochs)
-    epochs: float | None = None  # passes over the training data instead of steps: steps = epochs × images / batch
-    batch_size: int = 64  # images per optimizer step: all processes and accumulation steps together
-    grad_accumulation: int = 1
-    base_lr: float = 1e-4  # per 256 images: lr = base_lr × batch_size / 256
-    warmup_steps: int | None = None  # None → 2% of the run (the recipe's epochs/50)
-    lr_schedule: str = "lin0"  # flat, then linear to final_lr_ratio (see train/schedule.py for the others)
-    warmup_start_ratio: float = 0.005
-    final_lr_ratio: float = 0.01
-    weight_decay: float = 0.05
-    final_weight_decay: float | None = None  # None keeps it constant; cosine towards it otherwise
-    grad_clip: float = 2.0  # global grad-norm clip; ≤ 0 disables
-    precision: str = "auto"  # auto (bf16 where the hardware multiplies in it, else fp32) | fp32 | bf16 | fp16 (CUDA)
-    seed: int = 0
-    log_every: int = 25
-    eval_every: int = 500  # 0 disables periodic evaluation (the final one still runs)
-    eval_batches: int = 10
-    save_every: int = 500
-    keep_last: int = 2
-    ema_decay: float = 0.0  # 0 disables the EMA copy of the weights
-    wrap: str = "ddp"  # ddp | fsdp | none (how the trained model is wrapped when distributed)
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISION_CHOICES:
-            raise UsageError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {self.precision!r}")
-        for name in (
-            "steps",
-            "batch_size",
-            "grad_accumulation",
-            "log_every",
-            "save_every",
-            "eval_batches",
-            "keep_last",
-        ):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise UsageError(f"eval_every must be ≥ 0 (0: only the final evaluation), got {self.eval_every}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UsageError(f"epochs must be positive, got {self.epochs}")
-        if not 0 <= self.ema_decay < 1:
-            raise UsageError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-
-    def resolved(self, num_images: int, device: torch.device) -> LoopConfig:
-        """This config with `epochs` turned into steps for a data set of `num_images`, and "auto" precision
-        decided for `device`."""
-        steps = self.steps if self.epochs is None else max(1, math.ceil(self.epochs * num_images / self.batch_size))
-        return replace(self, steps=steps, precision=resolve_precision(self.precision, device))
-
-    @property
-    def schedule(self) -> ScheduleConfig:
-        return ScheduleConfig(
-            total_steps=self.steps,
-            warmup_steps=self.warmup_steps,
-            schedule=self.lr_schedule,
-            warmup_start_ratio=self.warmup_start_ratio,
-            final_lr_ratio=self.final_lr_ratio,
-            weight_decay=self.weight_decay,
-            final_weight_decay=self.final_weight_decay,
-        )
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return PRECISIONS[self.precision]
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "auto" → "bf16" on GPUs that support it and CPUs with bf16 matrix units (AVX-512 BF16, AMX), else "fp32"
-    (elsewhere bf16 is emulated and several times slower than fp32); other names are returned as they are."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-        return "bf16" if any(flag in flags for flag in ("avx512_bf16", "amx_bf16")) else "fp32"
-    return "fp32"
 
 
 class TrainingInterrupted(KeyboardInterrupt):

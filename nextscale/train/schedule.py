@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from nextscale.errors import UsageError
+
+if TYPE_CHECKING:  # only for annotations: LoopConfig builds a ScheduleConfig before torch is loaded
+    import torch
 
 NAMED_SCHEDULES = ("lin0", "lin", "lin00", "cos", "exp")
 # Length of the flat start (as a fraction of the post-warmup steps) of the named linear / exponential schedules.

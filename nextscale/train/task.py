@@ -19,7 +19,7 @@ from nextscale.data.seeding import derive_seed
 from nextscale.distributed import DistributedContext
 
 if TYPE_CHECKING:
-    from nextscale.train.loop import LoopConfig
+    from nextscale.train.config import LoopConfig
 
 
 class StepContext:
