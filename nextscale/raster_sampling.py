@@ -16,6 +16,7 @@ from contextlib import nullcontext
 
 import torch
 
+from nextscale.errors import UsageError
 from nextscale.model.raster import RasterTransformer
 from nextscale.sampling import (
     Generation,
@@ -44,9 +45,9 @@ def sample_raster(
     before top-k/top-p, and its drawn tokens (B, 1)."""
     require_same_token_space(tokenizer.token_space, model.token_space)
     if settings.more_smooth:
-        raise ValueError("more_smooth does not apply to the raster model (its input is token ids, not embeddings)")
+        raise UsageError("more_smooth does not apply to the raster model (its input is token ids, not embeddings)")
     if settings.prune_ratio > 0:
-        raise ValueError("prune_ratio does not apply to the raster model (it has no scales to prune)")
+        raise UsageError("prune_ratio does not apply to the raster model (it has no scales to prune)")
     B, L, side = labels_B.shape[0], model.sequence_length, model.side
     device = labels_B.device
     cast = (

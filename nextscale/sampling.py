@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from nextscale.errors import UsageError
 from nextscale.model.var import VAR
 from nextscale.sampling_settings import SAMPLING_PRESETS, SamplingSettings
 from nextscale.token_space import require_same_token_space
@@ -81,10 +82,10 @@ def resolve_labels(
     unconditional, i.e. the null class `num_classes`); None draws random classes from `generator`. Classes must lie in
     [0, num_classes] (num_classes = unconditional); floats are refused rather than truncated."""
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
     if labels is None:
         if batch_size is None:
-            raise ValueError("random labels need a batch_size")
+            raise UsageError("random labels need a batch_size")
         uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
         return torch.multinomial(uniform, num_samples=batch_size, replacement=True, generator=generator).reshape(-1)
     if _is_integer(labels):
@@ -92,21 +93,21 @@ def resolve_labels(
         labels = [num_classes if label < 0 else label] * (1 if batch_size is None else batch_size)
     if isinstance(labels, torch.Tensor) and labels.ndim > 0:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integer classes, got a {labels.dtype} tensor")
+            raise UsageError(f"labels must be integer classes, got a {labels.dtype} tensor")
         labels_B = labels.to(device=device, dtype=torch.int64).reshape(-1)
     else:
         labels = [labels] if not isinstance(labels, Sequence) or isinstance(labels, str) else list(labels)
         bad = [y for y in labels if not _is_integer(y)]
         if bad:
-            raise ValueError(f"labels must be integer classes, got {bad[0]!r}")
+            raise UsageError(f"labels must be integer classes, got {bad[0]!r}")
         labels_B = torch.tensor([int(y) for y in labels], dtype=torch.int64, device=device)
     if labels_B.numel() == 0:
-        raise ValueError("labels are empty")
+        raise UsageError("labels are empty")
     if batch_size is not None and batch_size != labels_B.numel():
-        raise ValueError(f"{labels_B.numel()} labels given for batch_size {batch_size}")
+        raise UsageError(f"{labels_B.numel()} labels given for batch_size {batch_size}")
     bad = (labels_B < 0) | (labels_B > num_classes)
     if bad.any():
-        raise ValueError(
+        raise UsageError(
             f"class {labels_B[bad][0].item()} is outside [0, {num_classes}) ({num_classes} means unconditional)"
         )
     return labels_B
@@ -257,7 +258,7 @@ def make_generator(seed: int | None, device) -> torch.Generator | None:
     if seed is None:
         return None
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2^63), got {seed!r}")
+        raise UsageError(f"seed must be an integer in [0, 2^63), got {seed!r}")
     return torch.Generator(device=device).manual_seed(seed)
 
 

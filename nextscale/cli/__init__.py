@@ -42,15 +42,10 @@ def build_parser(argv: Sequence[str] | None = None) -> OneLineParser:
     return parser
 
 
-# Interim: these modules still raise plain ValueErrors for their users' mistakes (settings checks in __post_init__,
-# the training loop's resume refusals, bad --classes or references); until they raise UsageError, a plain ValueError
-# raised in one of them is taken as the user's mistake. Everywhere else a plain ValueError is a bug.
+# Interim: these modules still raise plain ValueErrors for their users' mistakes (settings checks in __post_init__);
+# until they raise UsageError, a plain ValueError raised in one of them is taken as the user's mistake. Everywhere
+# else a plain ValueError is a bug.
 _NOT_YET_CONVERTED = (
-    "nextscale/train/loop.py",
-    "nextscale/model/",
-    "nextscale/sampling.py",
-    "nextscale/raster_sampling.py",
-    "nextscale/eval/",
     "nextscale/scaling/",
     "nextscale/experiments/",
 )

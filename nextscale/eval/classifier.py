@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nextscale.errors import UsageError
 from nextscale.eval.config import ClassifierConfig  # noqa: F401 (re-exported)
 
 INPUT_SIZE = 32  # side every input is resized to (that of the 32-px Fashion-MNIST of nextscale.data)
@@ -149,14 +150,14 @@ def load_classifier(path: str | os.PathLike | None = None, device: str | torch.d
             metadata = file.metadata() or {}
         state = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
+        raise UsageError(f"{path} is not a readable safetensors file ({err})") from None
     if CONFIG_KEY not in metadata:
-        raise ValueError(f"{path} has no {CONFIG_KEY!r} metadata; it was not written by save_classifier")
+        raise UsageError(f"{path} has no {CONFIG_KEY!r} metadata; it was not written by save_classifier")
     model = FashionClassifier(ClassifierConfig(**json.loads(metadata[CONFIG_KEY])))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first_line = str(err).splitlines()[0]
-        raise ValueError(f"{path} does not match its classifier config ({first_line})") from None
+        raise UsageError(f"{path} does not match its classifier config ({first_line})") from None
     model.to(device=device, memory_format=torch.channels_last)
     return model.eval().requires_grad_(False)

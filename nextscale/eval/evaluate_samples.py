@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from nextscale.errors import UsageError
 from nextscale.eval.config import FEATURE_NETWORKS, EvaluationConfig  # noqa: F401 (re-exported)
 from nextscale.eval.feature_networks import build_feature_network, extract_features
 from nextscale.eval.fidelity_metrics import (
@@ -52,7 +53,7 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
     # a folder or .npz, or a built-in split: real images as "samples", the floor row (e.g. train against test)
     samples = load_reference(config.samples, BUILTIN_SAMPLES_SIZE, config.data_root, "--samples")
     if samples.height != samples.width and config.reference.startswith("fashion-mnist"):
-        raise ValueError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
+        raise UsageError(f"{config.samples}: images are {samples.width}×{samples.height}; Fashion-MNIST needs squares")
     reference = load_reference(config.reference, samples.height, config.data_root, "--reference")
     reconstructed = None
     if config.reconstruct_with is not None:
@@ -117,9 +118,9 @@ def _reconstructed(samples: ImageSet, model_directory: str, device: str) -> Reco
 
     tokenizer, _ = from_pretrained(model_directory, device)
     if tokenizer is None:
-        raise ValueError(f"--reconstruct-with {model_directory}: it holds no tokenizer")
+        raise UsageError(f"--reconstruct-with {model_directory}: it holds no tokenizer")
     if tokenizer.config.image_size != samples.height or samples.height != samples.width:
-        raise ValueError(
+        raise UsageError(
             f"--reconstruct-with {model_directory}: the tokenizer takes {tokenizer.config.image_size} px images, "
             f"the samples are {samples.width}×{samples.height}"
         )

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nextscale.errors import UsageError
 from nextscale.eval.classifier import SHIPPED_WEIGHTS, file_sha256, load_classifier
 from nextscale.eval.config import FEATURE_NETWORKS  # noqa: F401 (re-exported)
 from nextscale.eval.fidelity_backend import import_torch_fidelity
@@ -77,7 +78,7 @@ class InceptionNetwork:
                 self.extractor = extractor_class(INCEPTION_NAME, list(INCEPTION_FEATURES), verbose=True)
             except OSError as err:  # no network (URLError), a refused connection, a full disk
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise ValueError(
+                raise UsageError(
                     f"could not download the InceptionV3 weights from {url} ({reason}); "
                     "fetch that file elsewhere and pass it with --inception-weights PATH"
                 ) from None
@@ -91,7 +92,7 @@ class InceptionNetwork:
                 )
             except RuntimeError as err:  # load_state_dict: missing / unexpected keys, wrong shapes
                 reason = str(err).splitlines()[0]
-                raise ValueError(f"--inception-weights {path} is not InceptionV3 weights ({reason})") from None
+                raise UsageError(f"--inception-weights {path} is not InceptionV3 weights ({reason})") from None
         self.device = torch.device(device)
         self.extractor.to(self.device).eval().requires_grad_(False)
 
@@ -109,9 +110,9 @@ def _check_state_dict_file(path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises pickle, zip and runtime errors alike
-        raise ValueError(f"--inception-weights {path} is not a PyTorch state dict ({type(err).__name__})") from None
+        raise UsageError(f"--inception-weights {path} is not a PyTorch state dict ({type(err).__name__})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(value) for value in state.values()):
-        raise ValueError(f"--inception-weights {path} is not a state dict of tensors")
+        raise UsageError(f"--inception-weights {path} is not a state dict of tensors")
 
 
 def build_feature_network(
@@ -125,7 +126,7 @@ def build_feature_network(
         return ClassifierNetwork(classifier_weights, device)
     if name == "inception":
         return InceptionNetwork(inception_weights, device)
-    raise ValueError(f"unknown feature network {name!r}: choose one of {', '.join(FEATURE_NETWORKS)}")
+    raise UsageError(f"unknown feature network {name!r}: choose one of {', '.join(FEATURE_NETWORKS)}")
 
 
 def extract_features(

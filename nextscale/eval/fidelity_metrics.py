@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from nextscale.errors import UsageError
 from nextscale.eval.fidelity_backend import import_torch_fidelity
 
 KID_SUBSETS = 100
@@ -47,7 +48,7 @@ def _check_features(features_ND: torch.Tensor, name: str) -> torch.Tensor:
     if not torch.is_tensor(features_ND) or features_ND.ndim != 2:
         raise ValueError(f"{name} must be a (N, D) tensor")
     if len(features_ND) < 2:
-        raise ValueError(f"{name} needs at least 2 rows, got {len(features_ND)}")
+        raise UsageError(f"{name} needs at least 2 rows, got {len(features_ND)}")
     return features_ND.detach().float().cpu()
 
 
@@ -97,7 +98,7 @@ def precision_recall(
     """Improved precision and recall (k-NN manifolds, k = `neighborhood`), each in [0, 1]."""
     samples_ND, reference_ND = _check_features(samples_ND, "samples"), _check_features(reference_ND, "reference")
     if min(len(samples_ND), len(reference_ND)) <= neighborhood:
-        raise ValueError(f"precision/recall with k = {neighborhood} needs more than {neighborhood} images per set")
+        raise UsageError(f"precision/recall with k = {neighborhood} needs more than {neighborhood} images per set")
     tfid = import_torch_fidelity()
     out = tfid.metric_prc.prc_features_to_metric(
         samples_ND,

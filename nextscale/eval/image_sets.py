@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from nextscale.data.folder import IMAGE_EXTENSIONS
+from nextscale.errors import UsageError
 from nextscale.eval.config import BUILTIN_REFERENCES  # noqa: F401 (re-exported)
 
 CLASS_IN_NAME = re.compile(r"^class(\d+)_")  # the class prefix of sample-set file names
@@ -57,7 +58,7 @@ def load_image_set(path: str | os.PathLike, role: str = "image set") -> ImageSet
         return _folder_set(path)
     if path.suffix == ".npz":
         return _npz_set(path)
-    raise ValueError(f"{role} {path} is neither a folder of images nor an .npz")
+    raise UsageError(f"{role} {path} is neither a folder of images nor an .npz")
 
 
 def load_reference(
@@ -67,7 +68,7 @@ def load_reference(
     of a folder / `.npz` (whose own size is kept)."""
     if spec.startswith("fashion-mnist"):
         if spec not in BUILTIN_REFERENCES:
-            raise ValueError(f"unknown reference {spec!r}: use {' or '.join(BUILTIN_REFERENCES)}, a folder or an .npz")
+            raise UsageError(f"unknown reference {spec!r}: use {' or '.join(BUILTIN_REFERENCES)}, a folder or an .npz")
         return fashion_mnist_set(spec.partition(":")[2], image_size, root)
     return load_image_set(spec, role)
 
@@ -99,9 +100,9 @@ def images_set(images_NHW3: np.ndarray | torch.Tensor, labels_N=None, descriptio
     """An in-memory uint8 (N, H, W, 3) array as an ImageSet (not cacheable as a reference: no stable fingerprint)."""
     images_NHW3 = np.asarray(images_NHW3)
     if images_NHW3.dtype != np.uint8 or images_NHW3.ndim != 4 or images_NHW3.shape[-1] != 3:
-        raise ValueError(f"{description}: expected uint8 (N, H, W, 3), got {images_NHW3.dtype} {images_NHW3.shape}")
+        raise UsageError(f"{description}: expected uint8 (N, H, W, 3), got {images_NHW3.dtype} {images_NHW3.shape}")
     if len(images_NHW3) == 0:
-        raise ValueError(f"{description} holds no images")
+        raise UsageError(f"{description} holds no images")
     labels = _check_labels(labels_N, len(images_NHW3), description)
 
     def read_batches(batch_size: int) -> Iterator[np.ndarray]:
@@ -117,7 +118,7 @@ def _check_labels(labels_N, count: int, description: str) -> torch.Tensor | None
         return None
     labels_N = torch.as_tensor(np.asarray(labels_N)).long().flatten()
     if len(labels_N) != count:
-        raise ValueError(f"{description} has {count} images but {len(labels_N)} labels")
+        raise UsageError(f"{description} has {count} images but {len(labels_N)} labels")
     return labels_N
 
 
@@ -129,18 +130,18 @@ def _folder_set(folder: Path) -> ImageSet:
         if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
     )
     if not paths:
-        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UsageError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     first_size, first_path = None, None
     for path in paths:
         try:
             with Image.open(path) as image:
                 size = image.size
         except OSError as err:
-            raise ValueError(f"{path} is not a readable image ({err})") from None
+            raise UsageError(f"{path} is not a readable image ({err})") from None
         if first_size is None:
             first_size, first_path = size, path
         elif size != first_size:
-            raise ValueError(
+            raise UsageError(
                 f"{folder} mixes image sizes: {first_size[0]}×{first_size[1]} ({first_path.name}) "
                 f"and {size[0]}×{size[1]} ({path.name})"
             )
@@ -167,7 +168,7 @@ def _read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except OSError as err:
-        raise ValueError(f"{path} is not a readable image ({err})") from None
+        raise UsageError(f"{path} is not a readable image ({err})") from None
 
 
 def _read_npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -180,11 +181,11 @@ def _read_npy_header(member) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 def _npz_header(archive: zipfile.ZipFile, path: Path) -> tuple[tuple[int, ...], np.dtype]:
     if "arr_0.npy" not in archive.namelist():
-        raise ValueError(f"{path} has no arr_0 (expected uint8 images (N, H, W, 3))")
+        raise UsageError(f"{path} has no arr_0 (expected uint8 images (N, H, W, 3))")
     with archive.open("arr_0.npy") as member:
         shape, fortran_order, dtype = _read_npy_header(member)
     if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran_order:
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3) in C order, got {dtype} {shape}")
+        raise UsageError(f"{path}: arr_0 must be uint8 (N, H, W, 3) in C order, got {dtype} {shape}")
     return shape, dtype
 
 
@@ -192,13 +193,13 @@ def _npz_set(path: Path) -> ImageSet:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"{path} is not a readable .npz ({err})") from None
+        raise UsageError(f"{path} is not a readable .npz ({err})") from None
     with archive:
         (count, height, width, _), _ = _npz_header(archive, path)
         has_labels = f"{LABELS_KEY}.npy" in archive.namelist()
         member_crc32 = {info.filename: info.CRC for info in archive.infolist()}  # a content hash the zip already holds
     if count == 0:
-        raise ValueError(f"{path} holds no images")
+        raise UsageError(f"{path} holds no images")
     labels_N = None
     if has_labels:
         with np.load(path) as arrays:
@@ -212,7 +213,7 @@ def _npz_set(path: Path) -> ImageSet:
                 n = min(batch_size, count - begin)
                 data = member.read(n * image_bytes)
                 if len(data) != n * image_bytes:
-                    raise ValueError(f"{path}: arr_0 ends after {begin + len(data) // image_bytes} of {count} images")
+                    raise UsageError(f"{path}: arr_0 ends after {begin + len(data) // image_bytes} of {count} images")
                 yield np.frombuffer(data, np.uint8).reshape(n, height, width, 3)
 
     stat = path.stat()

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nextscale.data.seeding import derive_seed
+from nextscale.errors import UsageError
 from nextscale.eval.classifier import FashionClassifier
 
 Draw = Callable[[list[int], int], torch.Tensor]  # (labels, seed) → images (B, 3, H, W) in [0, 1]
@@ -61,12 +62,12 @@ def rejection_sample(
 ) -> RejectionResult:
     """Per requested label, the best of `candidates` drawn images by `scorer`; see the module docstring."""
     if candidates < 1:
-        raise ValueError(f"candidates per image must be ≥ 1, got {candidates}")
+        raise UsageError(f"candidates per image must be ≥ 1, got {candidates}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        raise UsageError(f"batch_size must be ≥ 1, got {batch_size}")
     labels = [int(label) for label in labels]
     if not labels:
-        raise ValueError("no labels requested")
+        raise UsageError("no labels requested")
     batches = [labels[begin : begin + batch_size] for begin in range(0, len(labels), batch_size)]
     kept_images, kept_scores, first_scores = [], [], []
     description = f"rejection sampling ×{candidates}"

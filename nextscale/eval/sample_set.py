@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nextscale.errors import UsageError
 from nextscale.eval.config import MAX_BATCH_SIZE, SampleSetConfig, parse_classes  # noqa: F401 (re-exported)
 from nextscale.eval.image_sets import CLASS_IN_NAME
 from nextscale.images import to_pil
@@ -75,7 +76,7 @@ def plan_batches(classes: tuple[int, ...], per_class: int, batch_size: int, seed
     labels = [c for c in classes for _ in range(per_class)]
     num_batches = -(-len(labels) // batch_size)
     if num_batches > MAX_BATCHES:
-        raise ValueError(f"{num_batches} batches; at most {MAX_BATCHES} (raise the batch size)")
+        raise UsageError(f"{num_batches} batches; at most {MAX_BATCHES} (raise the batch size)")
     batches = []
     for b in range(num_batches):
         chunk = tuple(labels[b * batch_size : (b + 1) * batch_size])
@@ -95,7 +96,7 @@ def resolve_classes(config: SampleSetConfig, num_classes: int) -> tuple[int, ...
     classes = tuple(range(num_classes)) if config.classes is None else config.classes
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
-        raise ValueError(f"class {bad[0]} is outside [0, {num_classes})")
+        raise UsageError(f"class {bad[0]} is outside [0, {num_classes})")
     return classes
 
 
@@ -130,7 +131,7 @@ def write_or_check_settings(out_dir: Path, record: dict, rank: int = 0) -> None:
         differ = [k for k in record if k not in _INFORMATIONAL and old.get(k) != record[k]]
         if differ:
             shown = ", ".join(f"{k}: {_short(old.get(k))} → {_short(record[k])}" for k in differ)
-            raise ValueError(f"{out_dir} holds a sample set made with other settings ({shown}); use another --out")
+            raise UsageError(f"{out_dir} holds a sample set made with other settings ({shown}); use another --out")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     temporary = out_dir / f".{SETTINGS_FILE}.{rank}.tmp"
@@ -164,7 +165,7 @@ def regenerate_batch(pipeline: Pipeline, batch: Batch, settings: SamplingSetting
 
     classifier = load_classifier(device=pipeline.device)
     if pipeline.num_classes != classifier.config.num_classes:
-        raise ValueError(
+        raise UsageError(
             f"rejection sampling scores with the Fashion-MNIST classifier ({classifier.config.num_classes} classes); "
             f"this model has {pipeline.num_classes}"
         )
@@ -236,7 +237,7 @@ def pack_npz(out_dir: str | os.PathLike, names: list[str], image_size: int, prog
         raise ValueError("the expected file names repeat")
     missing, extra = sorted(wanted - found), sorted(found - wanted)
     if missing or extra:
-        raise ValueError(
+        raise UsageError(
             f"{out_dir} has {len(found & wanted)} of {len(wanted)} images"
             + (f"; missing {len(missing)}, e.g. {missing[0]} (rerun to finish)" if missing else "")
             + (f"; {len(extra)} PNGs that do not belong, e.g. {extra[0]}" if extra else "")
@@ -276,9 +277,9 @@ def _read_png(path: Path, image_size: int) -> np.ndarray:
         with Image.open(path) as image:
             pixels_HW3 = np.asarray(image.convert("RGB"), dtype=np.uint8)
     except OSError as err:
-        raise ValueError(f"{path} is not a readable image ({err}); delete it and rerun to make it again") from None
+        raise UsageError(f"{path} is not a readable image ({err}); delete it and rerun to make it again") from None
     if pixels_HW3.shape != (image_size, image_size, 3):
-        raise ValueError(f"{path} is {pixels_HW3.shape[1]}×{pixels_HW3.shape[0]}, not {image_size}×{image_size}")
+        raise UsageError(f"{path} is {pixels_HW3.shape[1]}×{pixels_HW3.shape[0]}, not {image_size}×{image_size}")
     return pixels_HW3
 
 

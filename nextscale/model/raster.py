@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from nextscale import label_dropout
+from nextscale.errors import UsageError
 from nextscale.model.blocks import LayerCache, PlainBlock
 from nextscale.model.raster_config import RASTER_PRESETS, RasterConfig, raster_preset
 
@@ -37,7 +38,7 @@ class RasterTransformer(nn.Module):
         super().__init__()
         schedule = token_space.schedule
         if schedule.num_scales != 1:
-            raise ValueError(
+            raise UsageError(
                 f"the raster model needs a one-scale tokenizer (e.g. patch_nums=(8,)), got scales {schedule}"
             )
         self.config = config
