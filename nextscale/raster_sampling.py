@@ -12,7 +12,9 @@ token. Letters: B batch, L tokens of the map, V vocabulary, h/w the grid.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +30,26 @@ from nextscale.sampling import (
 )
 from nextscale.token_space import require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class StepOutput:
+    """What the raster sampler produced at one position, for the consumers of `sample_raster` (the trace)."""
+
+    position: int
+    logits_B1V: torch.Tensor | None  # guided logits before top-k/top-p (a copy, kept only for the trace)
+    drawn_B1: torch.Tensor  # the token drawn
+
+
+class _Trace:
+    """The `trace` of a Generation: per position, the guided logits (before filtering) and the drawn tokens."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[torch.Tensor]] = {"logits": [], "drawn": []}
+
+    def __call__(self, out: StepOutput) -> None:
+        self.records["logits"].append(out.logits_B1V)
+        self.records["drawn"].append(out.drawn_B1.clone())
 
 
 @torch.no_grad()
@@ -53,7 +75,8 @@ def sample_raster(
     cast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     )
-    records: dict[str, list[torch.Tensor]] = {"logits": [], "drawn": []}
+    recorder = _Trace() if trace else None
+    consumers: list[Callable[[StepOutput], None]] = [recorder] if recorder is not None else []
     guidance = settings.cfg  # constant over the sequence
     labels_2B = torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class)))
     cache = model.new_cache()
@@ -64,11 +87,10 @@ def sample_raster(
         with cast:
             logits_2B1V = model.step(x_2B1C, cache)
         logits_B1V = (1 + guidance) * logits_2B1V[:B] - guidance * logits_2B1V[B:]
-        if trace:
-            records["logits"].append(logits_B1V.clone())
+        kept_logits_B1V = logits_B1V.clone() if recorder is not None else None  # the draw filters them in place
         idx_B1 = sample_top_k_top_p(logits_B1V, settings.top_k, settings.top_p, generator)
-        if trace:
-            records["drawn"].append(idx_B1.clone())
+        for consume in consumers:
+            consume(StepOutput(t, kept_logits_B1V, idx_B1))
         tokens_BL[:, t] = idx_B1[:, 0]
         if t < L - 1:
             with cast:
@@ -77,7 +99,8 @@ def sample_raster(
     with cast:
         images = tokenizer.decode([token_map_Bhw])
     images = images.float().add_(1).mul_(0.5)
-    return Generation(images=images, token_maps=[token_map_Bhw], labels=labels_B, trace=records if trace else {})
+    records = recorder.records if recorder is not None else {}
+    return Generation(images=images, token_maps=[token_map_Bhw], labels=labels_B, trace=records)
 
 
 def generate_raster(
