@@ -399,3 +399,30 @@ def test_a_usage_error_from_the_library_is_one_line(tmp_path: Path, monkeypatch,
     assert line == "nextscale sample: error: what was wrong, and why"
     assert issubclass(nextscale.UsageError, ValueError) and issubclass(nextscale.CheckpointError, nextscale.UsageError)
     assert not os.path.exists(tmp_path / "s.png")
+
+
+def test_the_converted_modules_refuse_users_mistakes_with_usage_error(tmp_path: Path):
+    from nextscale.eval.image_sets import load_image_set
+    from nextscale.model.raster import RasterTransformer, raster_preset
+    from nextscale.raster_sampling import generate_raster
+    from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
+
+    tokenizer, model = debug_pair()
+    one_scale = Tokenizer(tokenizer_preset("debug", patch_nums=(4,)))
+    raster = RasterTransformer(raster_preset("debug"), one_scale.token_space)
+    not_an_image_set = tmp_path / "notes.txt"
+    not_an_image_set.write_text("text")
+    mistakes = [
+        lambda: nextscale.SamplingSettings(cfg=-1.0),  # sampling settings
+        lambda: nextscale.generate(model, tokenizer, [model.num_classes + 1], seed=0),  # a label
+        lambda: nextscale.generate(model, tokenizer, [0], seed=-1),  # a seed
+        lambda: nextscale.VARConfig(depth=0),  # model settings
+        lambda: raster_preset("debug", attention_scale=-1.0),
+        lambda: RasterTransformer(raster_preset("debug"), tokenizer.token_space),  # a tokenizer of several scales
+        lambda: generate_raster(raster, one_scale, [0], more_smooth=True),  # a setting the raster model cannot use
+        lambda: load_image_set(not_an_image_set),  # a file
+    ]
+    for mistake in mistakes:
+        with pytest.raises(nextscale.UsageError):
+            mistake()
+    assert cli._NOT_YET_CONVERTED == ("nextscale/scaling/", "nextscale/experiments/")
