@@ -42,27 +42,10 @@ def build_parser(argv: Sequence[str] | None = None) -> OneLineParser:
     return parser
 
 
-# Interim: these modules still raise plain ValueErrors for their users' mistakes (settings checks in __post_init__);
-# until they raise UsageError, a plain ValueError raised in one of them is taken as the user's mistake. Everywhere
-# else a plain ValueError is a bug.
-_NOT_YET_CONVERTED = (
-    "nextscale/scaling/",
-    "nextscale/experiments/",
-)
-
-
 def is_usage_error(err: BaseException) -> bool:
-    """True for a user's mistake, to be reported in one line: a UsageError (CheckpointError included), a file that
-    is not there, or a plain ValueError of a module not yet converted (see above). Anything else is a bug."""
-    if isinstance(err, (UsageError, FileNotFoundError)):
-        return True
-    if type(err) is ValueError and err.__traceback__ is not None:
-        innermost = err.__traceback__
-        while innermost.tb_next is not None:
-            innermost = innermost.tb_next
-        file = innermost.tb_frame.f_code.co_filename.replace("\\", "/")
-        return any(f"/{owner}" in file for owner in _NOT_YET_CONVERTED)
-    return False
+    """True for a user's mistake, to be reported in one line: a UsageError (CheckpointError included) or a file that
+    is not there. Anything else, a plain ValueError included, is a bug and keeps its traceback."""
+    return isinstance(err, (UsageError, FileNotFoundError))
 
 
 def main(argv: list[str] | None = None) -> int:

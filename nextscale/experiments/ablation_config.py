@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field
 
 from nextscale.data.build import DataConfig
+from nextscale.errors import UsageError
 from nextscale.model.config import var_preset
 from nextscale.model.raster import raster_preset
 
@@ -99,17 +100,17 @@ class AblationConfig:
 
     def __post_init__(self) -> None:
         if self.images < self.batch_size or self.samples_per_class < 1 or self.timing_batch < 1:
-            raise ValueError("images must be at least one batch, samples_per_class and timing_batch positive")
+            raise UsageError("images must be at least one batch, samples_per_class and timing_batch positive")
         if self.curve_points < 1 or self.timing_repeats < 1:
-            raise ValueError("curve_points and timing_repeats must be positive")
+            raise UsageError("curve_points and timing_repeats must be positive")
         for name in ("rows", "train_seeds", "large_train_seeds", "sample_seeds"):
             setattr(self, name, tuple(getattr(self, name)))
             if not getattr(self, name):
-                raise ValueError(f"{name} must not be empty")
+                raise UsageError(f"{name} must not be empty")
         known = [row.name for row in ROWS]
         unknown = [name for name in self.rows if name not in known]
         if unknown or "AR" not in self.rows:
-            raise ValueError(f"rows must include AR and come from {known}; got {list(self.rows)}")
+            raise UsageError(f"rows must include AR and come from {known}; got {list(self.rows)}")
 
     @property
     def selected_rows(self) -> tuple[Row, ...]:

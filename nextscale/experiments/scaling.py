@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from nextscale.errors import UsageError
 from nextscale.experiments.jobs import transformer_job
 from nextscale.experiments.scaling_config import SweepConfig
 from nextscale.model.config import VARConfig, var_preset
@@ -239,7 +240,7 @@ def report(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> di
     out = Path(config.output_dir)
     runs = run_records(config, token_space, num_classes)
     if len(runs) < 2:
-        raise ValueError(f"{out}: fits need at least two finished runs, found {len(runs)}")
+        raise UsageError(f"{out}: fits need at least two finished runs, found {len(runs)}")
     (out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")
     curves = curves_from_runs(runs)
     fits_path = write_fits_json(curves, out / "fits.json")

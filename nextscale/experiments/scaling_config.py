@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nextscale.data.build import DataConfig
+from nextscale.errors import UsageError
 
 
 @dataclass
@@ -31,25 +32,25 @@ class SweepConfig:
     def __post_init__(self) -> None:
         self.depths = tuple(sorted(set(int(d) for d in self.depths)))
         if len(self.depths) < 2 or self.depths[0] < 1:
-            raise ValueError(f"a sweep needs at least two positive depths, got {self.depths}")
+            raise UsageError(f"a sweep needs at least two positive depths, got {self.depths}")
         if self.images < self.batch_size or self.batch_size < 1:
-            raise ValueError(f"images ({self.images}) must be at least one batch ({self.batch_size})")
+            raise UsageError(f"images ({self.images}) must be at least one batch ({self.batch_size})")
         if self.evaluations < 2 or self.eval_images < 1:
-            raise ValueError("a sweep needs at least 2 evaluation points and 1 evaluation image")
+            raise UsageError("a sweep needs at least 2 evaluation points and 1 evaluation image")
         if self.eval_images % self.batch_size:
-            raise ValueError(
+            raise UsageError(
                 f"eval_images ({self.eval_images}) must be a multiple of batch_size ({self.batch_size}): evaluations "
                 "read whole batches, and the number the flag says is the number read"
             )
         if self.images < self.batch_size * self.evaluations:
-            raise ValueError(f"images ({self.images}) must give at least one step per evaluation ({self.evaluations})")
+            raise UsageError(f"images ({self.images}) must give at least one step per evaluation ({self.evaluations})")
         self.seeds = tuple(sorted(set(int(s) for s in self.seeds)))
         if not self.seeds:
-            raise ValueError("a sweep needs at least one seed")
+            raise UsageError("a sweep needs at least one seed")
         for depth in self.depths:
             width = self.width_per_depth * depth
             if width % self.head_width:
-                raise ValueError(f"width {width} of depth {depth} is not a multiple of head_width {self.head_width}")
+                raise UsageError(f"width {width} of depth {depth} is not a multiple of head_width {self.head_width}")
 
     @property
     def spacing(self) -> int:

@@ -42,6 +42,7 @@ training is 3 × forward (every input needs its gradient).
 
 from __future__ import annotations
 
+from nextscale.errors import UsageError
 from nextscale.model.config import VARConfig
 from nextscale.model.raster import RasterConfig
 
@@ -56,7 +57,7 @@ def _scales(token_space, num_scales: int | None) -> int:
     if num_scales is None:
         return total
     if not 1 <= num_scales <= total:
-        raise ValueError(f"num_scales must be in [1, {total}] for the scales {token_space.schedule}, got {num_scales}")
+        raise UsageError(f"num_scales must be in [1, {total}] for the scales {token_space.schedule}, got {num_scales}")
     return num_scales
 
 
@@ -64,7 +65,7 @@ def attention_pairs(token_space, *, attention: str = "dense", num_scales: int | 
     """Query-key pairs one attention layer multiplies per image in teacher forcing over the first `num_scales` scales:
     L² for `dense`, the pairs the block-causal mask keeps for `block_causal`."""
     if attention not in ATTENTION_COUNTS:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_COUNTS)}, got {attention!r}")
+        raise UsageError(f"attention must be one of {', '.join(ATTENTION_COUNTS)}, got {attention!r}")
     schedule = token_space.schedule
     n = _scales(token_space, num_scales)
     if attention == "dense":

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nextscale.errors import UsageError
 from nextscale.scaling.fit import (
     PowerLawFit,
     bootstrap_alpha_interval,
@@ -45,18 +46,18 @@ class RunCurve:
         object.__setattr__(self, "flops", tuple(float(f) for f in self.flops))
         object.__setattr__(self, "metrics", {k: tuple(float(v) for v in vs) for k, vs in self.metrics.items()})
         if not self.flops:
-            raise ValueError(f"run {self.name!r} has no evaluations")
+            raise UsageError(f"run {self.name!r} has no evaluations")
         if any(b < a for a, b in zip(self.flops, self.flops[1:])):
-            raise ValueError(f"run {self.name!r}: the compute of its evaluations must not decrease")
+            raise UsageError(f"run {self.name!r}: the compute of its evaluations must not decrease")
         for metric, values in self.metrics.items():
             if len(values) != len(self.flops):
-                raise ValueError(
+                raise UsageError(
                     f"run {self.name!r}: {metric} has {len(values)} values for {len(self.flops)} evaluations"
                 )
 
     def values(self, metric: str) -> tuple[float, ...]:
         if metric not in self.metrics:
-            raise ValueError(f"run {self.name!r} has no metric {metric!r} (it has {', '.join(self.metrics)})")
+            raise UsageError(f"run {self.name!r} has no metric {metric!r} (it has {', '.join(self.metrics)})")
         return self.metrics[metric]
 
     def final(self, metric: str) -> float:
@@ -98,7 +99,7 @@ def fit_against_parameters(
 ) -> PowerLawFit:
     """metric = (β·N)^α over the runs' final evaluations, N in `parameter_unit` parameters."""
     if len(runs) < 2:
-        raise ValueError(f"a fit against N needs at least 2 runs, got {len(runs)}")
+        raise UsageError(f"a fit against N needs at least 2 runs, got {len(runs)}")
     return fit_power_law([run.parameters / parameter_unit for run in runs], [run.final(metric) for run in runs])
 
 
@@ -119,7 +120,7 @@ def fit_against_compute(
         inside = (c_min >= low) & (c_min <= high)
         c_min, values = c_min[inside], values[inside]
     if c_min.size < 2:
-        raise ValueError(f"the Pareto frontier of {metric} has {c_min.size} point(s) to fit; at least 2 are needed")
+        raise UsageError(f"the Pareto frontier of {metric} has {c_min.size} point(s) to fit; at least 2 are needed")
     return FrontierFit(fit_power_law(c_min, values), c_min, values)
 
 

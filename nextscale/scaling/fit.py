@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from nextscale.errors import UsageError
+
 
 class PowerLawFit(NamedTuple):
     """L = (β·X)^α with the Pearson r of the log-log points; unpacks as (alpha, beta, pearson_r)."""
@@ -31,11 +33,11 @@ class PowerLawFit(NamedTuple):
 def _positive_finite(values, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {array.shape}")
+        raise UsageError(f"{name} must be a 1-D sequence of numbers, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} holds values that are not finite: {array[~np.isfinite(array)].tolist()}")
+        raise UsageError(f"{name} holds values that are not finite: {array[~np.isfinite(array)].tolist()}")
     if np.any(array <= 0):
-        raise ValueError(f"{name} must be positive for a log-log fit, got {array[array <= 0].tolist()}")
+        raise UsageError(f"{name} must be positive for a log-log fit, got {array[array <= 0].tolist()}")
     return array
 
 
@@ -43,25 +45,25 @@ def fit_power_law(x, y) -> PowerLawFit:
     """Fit y = (β·x)^α by least squares on (log x, log y); return (alpha, beta, pearson_r) as a `PowerLawFit`.
 
     `x`, `y`: equal-length sequences of positive finite numbers, at least two points, x not all equal and y not all
-    equal (a flat line has α = 0 and no β). Raises a one-line ValueError otherwise."""
+    equal (a flat line has α = 0 and no β). Raises a one-line UsageError (a ValueError) otherwise."""
     x_array, y_array = _positive_finite(x, "x"), _positive_finite(y, "y")
     if x_array.shape != y_array.shape:
-        raise ValueError(f"x and y must have the same length, got {x_array.size} and {y_array.size}")
+        raise UsageError(f"x and y must have the same length, got {x_array.size} and {y_array.size}")
     if x_array.size < 2:
-        raise ValueError(f"a power-law fit needs at least 2 points, got {x_array.size}")
+        raise UsageError(f"a power-law fit needs at least 2 points, got {x_array.size}")
     log_x, log_y = np.log(x_array), np.log(y_array)
     dx, dy = log_x - log_x.mean(), log_y - log_y.mean()
     sxx, syy, sxy = float(dx @ dx), float(dy @ dy), float(dx @ dy)
     if sxx == 0:
-        raise ValueError(f"x must not be all equal (got {x_array[0]} everywhere): the slope is undefined")
+        raise UsageError(f"x must not be all equal (got {x_array[0]} everywhere): the slope is undefined")
     if syy == 0:
-        raise ValueError(f"y must not be all equal (got {y_array[0]} everywhere): α = 0 leaves β undefined")
+        raise UsageError(f"y must not be all equal (got {y_array[0]} everywhere): α = 0 leaves β undefined")
     alpha = sxy / sxx
     if alpha == 0:
-        raise ValueError("y shows no trend with x (fitted α = 0): β is undefined")
+        raise UsageError("y shows no trend with x (fitted α = 0): β is undefined")
     intercept = log_y.mean() - alpha * log_x.mean()  # = α·log β
     if abs(intercept / alpha) > 700:
-        raise ValueError(f"y barely trends with x (fitted α = {alpha:.3g}): β = exp({intercept / alpha:.3g}) overflows")
+        raise UsageError(f"y barely trends with x (fitted α = {alpha:.3g}): β = exp({intercept / alpha:.3g}) overflows")
     return PowerLawFit(alpha=alpha, beta=math.exp(intercept / alpha), pearson_r=sxy / math.sqrt(sxx * syy))
 
 
@@ -75,7 +77,7 @@ def bootstrap_alpha_interval(x, y, *, level: float = 0.9, draws: int = 2000, see
     equal, which fix no slope, are skipped). With few points it is wide, which is the point."""
     x_array, y_array = _positive_finite(x, "x"), _positive_finite(y, "y")
     if x_array.size < 3:
-        raise ValueError(f"a bootstrap interval needs at least 3 points, got {x_array.size}")
+        raise UsageError(f"a bootstrap interval needs at least 3 points, got {x_array.size}")
     generator = np.random.default_rng(seed)
     log_x, log_y = np.log(x_array), np.log(y_array)
     alphas = []
@@ -108,7 +110,7 @@ def fit_with_floor(x, y, *, grid: int = 400) -> FloorFit:
     says the points bend towards a limit, which a straight log-log line cannot show."""
     x_array, y_array = _positive_finite(x, "x"), _positive_finite(y, "y")
     if x_array.size < 3:
-        raise ValueError(f"a fit with a floor needs at least 3 points, got {x_array.size}")
+        raise UsageError(f"a fit with a floor needs at least 3 points, got {x_array.size}")
     best = None
     for floor in np.linspace(0.0, y_array.min(), grid, endpoint=False):
         try:
@@ -120,5 +122,5 @@ def fit_with_floor(x, y, *, grid: int = 400) -> FloorFit:
         if best is None or rms < best.rms_log_residual:
             best = FloorFit(float(floor), law.alpha, law.beta, rms)
     if best is None:
-        raise ValueError("no floor gives a power law through these points")
+        raise UsageError("no floor gives a power law through these points")
     return best

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from nextscale.errors import UsageError
+
 
 def _points(curves: Iterable) -> np.ndarray:
     arrays = []
@@ -19,14 +21,14 @@ def _points(curves: Iterable) -> np.ndarray:
         if array.size == 0:
             continue
         if array.ndim != 2 or array.shape[1] != 2:
-            raise ValueError(f"curve {i} must be a sequence of (compute, loss) pairs, got shape {array.shape}")
+            raise UsageError(f"curve {i} must be a sequence of (compute, loss) pairs, got shape {array.shape}")
         if not np.all(np.isfinite(array)):
-            raise ValueError(f"curve {i} holds values that are not finite")
+            raise UsageError(f"curve {i} holds values that are not finite")
         if np.any(array[:, 0] < 0):
-            raise ValueError(f"curve {i} has negative compute: {array[array[:, 0] < 0, 0].tolist()}")
+            raise UsageError(f"curve {i} has negative compute: {array[array[:, 0] < 0, 0].tolist()}")
         arrays.append(array)
     if not arrays:
-        raise ValueError("the Pareto frontier needs at least one (compute, loss) point")
+        raise UsageError("the Pareto frontier needs at least one (compute, loss) point")
     return np.concatenate(arrays)
 
 
