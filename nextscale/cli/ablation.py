@@ -12,7 +12,7 @@ _DATA_DEFAULTS = {"name": "fashion-mnist", "image_size": 32}
 
 
 def add_commands(commands) -> None:
-    from nextscale.data.build import DATASETS, DataConfig
+    from nextscale.data.config import DATASETS, DataConfig
     from nextscale.experiments.ablation_config import AblationConfig
 
     p = add_command(commands, "ablation", cmd_ablation)
@@ -39,7 +39,7 @@ def add_commands(commands) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from nextscale.data.build import DataConfig
+    from nextscale.data.config import DataConfig
     from nextscale.experiments.ablation import plan, run_ablation
     from nextscale.experiments.ablation_config import AblationConfig
 

@@ -12,7 +12,7 @@ _DATA_RENAMES = {"name": "--data", "root": "--data-root"}
 
 
 def add_commands(commands) -> None:
-    from nextscale.data.build import DATASETS, DataConfig
+    from nextscale.data.config import DATASETS, DataConfig
     from nextscale.experiments.scaling_config import SweepConfig
 
     p = add_command(commands, "scaling", cmd_scaling)
@@ -37,7 +37,7 @@ def add_commands(commands) -> None:
 
 
 def cmd_scaling(args) -> None:
-    from nextscale.data.build import DataConfig
+    from nextscale.data.config import DataConfig
     from nextscale.experiments.scaling import plan, report, train_runs
     from nextscale.experiments.scaling_config import SweepConfig
     from nextscale.pretrained import load_tokenizer

@@ -1,7 +1,7 @@
 """`nextscale train`: the transformer (VAR, or the raster baseline) on a trained tokenizer.
 
-Its own module because its task config, `VARTrainConfig`, still lives in `nextscale.train.var_task`, which loads
-torch: the other training commands answer --help without it (see cli/__init__.py).
+Its options come from torch-free configs (`VARTrainConfig` in nextscale/train/var_config.py, the model configs), so
+--help and argument mistakes are answered before torch is imported; training imports it.
 """
 
 from __future__ import annotations
@@ -14,22 +14,12 @@ from nextscale.cli.options import add_config_options, build_config, given
 from nextscale.cli.train import add_loop_and_data, add_recipe, loop_and_data, move_previous_run_aside
 from nextscale.config_io import field_types
 
-# Interim: VARConfig (nextscale/model/config.py) has fields without a comment, which is their help; until those
-# comments are written there, the help is given here.
-_VAR_HELPS = {
-    "depth": "transformer blocks; width and heads follow from it unless given",
-    "mlp_ratio": "hidden width of the feed-forward layers, as a multiple of the width",
-    "norm_eps": "epsilon of the layer norms",
-    "init_head_scale": "scale of the output head's initial weights",
-    "init_adaln_scale": "scale of the AdaLN projections' initial weights",
-}
-
 
 def add_commands(commands) -> None:
     from nextscale.model.config import VAR_PRESETS, VARConfig, var_preset
     from nextscale.model.raster_config import RASTER_PRESETS, RasterConfig
     from nextscale.train.recipes import DEFAULT_VAR_RECIPE, VAR_RECIPES
-    from nextscale.train.var_task import ARCHITECTURES, VARTrainConfig  # loads torch (see the module docstring)
+    from nextscale.train.var_config import ARCHITECTURE_NAMES, VARTrainConfig
 
     recipe = VAR_RECIPES[DEFAULT_VAR_RECIPE]
     p = add_command(commands, "train", cmd_train)
@@ -40,13 +30,11 @@ def add_commands(commands) -> None:
         VARTrainConfig,
         defaults=recipe.task,
         exclude=("data", "model"),
-        choices={"preset": list(dict.fromkeys([*VAR_PRESETS, *RASTER_PRESETS])), "architecture": ARCHITECTURES},
+        choices={"preset": list(dict.fromkeys([*VAR_PRESETS, *RASTER_PRESETS])), "architecture": ARCHITECTURE_NAMES},
     )
     model_group = p.add_argument_group("transformer (overrides of the preset's fields; width and heads follow --depth)")
     shown = (recipe.task["preset"], asdict(var_preset(recipe.task["preset"], **recipe.model)))
-    add_config_options(
-        model_group, VARConfig, exclude=("num_classes",), show_defaults=False, helps=_VAR_HELPS, preset=shown
-    )
+    add_config_options(model_group, VARConfig, exclude=("num_classes",), show_defaults=False, preset=shown)
     raster_only = [name for name in field_types(RasterConfig) if name not in field_types(VARConfig)]
     add_config_options(
         model_group,
@@ -60,7 +48,8 @@ def cmd_train(args) -> None:
     from nextscale.model.config import VARConfig
     from nextscale.model.raster_config import RasterConfig
     from nextscale.train.loop import run
-    from nextscale.train.var_task import VARTask, VARTrainConfig
+    from nextscale.train.var_config import VARTrainConfig
+    from nextscale.train.var_task import VARTask
 
     recipe = args.recipes[args.recipe]
     loop, data = loop_and_data(args, recipe)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nextscale.data.build import DataConfig
+from nextscale.data.config import DataConfig
 from nextscale.errors import UsageError
 from nextscale.model.config import var_preset
-from nextscale.model.raster import raster_preset
+from nextscale.model.raster_config import raster_preset
 
 
 @dataclass(frozen=True)

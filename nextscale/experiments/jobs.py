@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from nextscale.data.build import DataConfig
-from nextscale.train.loop import LoopConfig
+from nextscale.data.config import DataConfig
+from nextscale.train.config import LoopConfig
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def transformer_job(
     """The job that trains `architecture` (`var` or `raster`) of `preset` with the `model` overrides on `tokenizer`
     (a model directory) and `data`, into `output_dir`; `loop_settings` are LoopConfig fields (steps, batch_size,
     base_lr, seed, …). The data set's tokens are cached in `token_cache_dir`, shared by every run on the tokenizer."""
-    from nextscale.train.var_task import VARTrainConfig
+    from nextscale.train.var_config import VARTrainConfig
 
     task = VARTrainConfig(
         tokenizer=str(tokenizer),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nextscale.data.build import DataConfig
+from nextscale.data.config import DataConfig
 from nextscale.errors import UsageError
 
 

@@ -17,22 +17,22 @@ class VARConfig:
     the depth as in every released model (width 64·depth, one 64-wide head per layer) unless given.
     """
 
-    depth: int = 16
+    depth: int = 16  # transformer blocks; width and heads follow from it unless given
     width: int | None = None  # C; None → 64·depth (head dim 64, as every released model)
     num_heads: int | None = None  # None → depth
     num_classes: int = 1000  # the null (unconditional) class is index `num_classes`
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0  # hidden width of the feed-forward layers, as a multiple of the width
     drop_path_rate: float | None = None  # None → 0.1·depth/24, as the official factory
     label_dropout: float = 0.1  # probability of replacing a label with the null class while training (for CFG)
     adaln: bool = True  # AdaLN class conditioning in each block; off: plain LayerNorm, class in the start token
     shared_adaln: bool = False  # one AdaLN Linear for all blocks plus per-block biases (the 512-px d36 model)
     l2_norm_attention: bool = True  # L2-normalised q/k with a learned per-head temperature
     attention_scale: float | None = None  # q·k factor without l2_norm_attention; None → the official 0.25/√(head dim)
-    norm_eps: float = 1e-6
+    norm_eps: float = 1e-6  # epsilon of the layer norms
     # init_weights(): see VAR.init_weights for what each factor touches
     init_std: float | None = None  # None → sqrt(1/(3·width))
-    init_head_scale: float = 0.02
-    init_adaln_scale: float = 0.5
+    init_head_scale: float = 0.02  # scale of the output head's initial weights
+    init_adaln_scale: float = 0.5  # scale of the AdaLN projections' initial weights
     init_adaln_gamma_scale: float = 1e-5  # the official README uses 1e-3 for d16/d20, 1e-4 d24, 1e-5 d30, 5e-6 d36
 
     def __post_init__(self) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from nextscale.data.build import DataConfig
+from nextscale.data.config import DataConfig
 from nextscale.data.seeding import SampleKey
 from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_transformer
@@ -25,7 +24,7 @@ from nextscale.model.config import var_preset
 from nextscale.model.cost import training_flops_per_image
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR, cross_entropy_per_token
-from nextscale.pretrained import from_pretrained, model_directory, read_metadata, save_pretrained
+from nextscale.pretrained import from_pretrained, read_metadata, save_pretrained
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.distributed import (
     full_state_dict,
@@ -39,31 +38,11 @@ from nextscale.train.memory import require_trainable
 from nextscale.train.optim import build_optimizer
 from nextscale.train.task import StepContext, Task
 from nextscale.train.token_cache import TokenCache, is_deterministic
+from nextscale.train.var_config import ARCHITECTURE_NAMES, VARTrainConfig
 
 logger = logging.getLogger(__name__)
 
 LABEL_DROPOUT_STREAM = 0xD7  # purpose id of the label-dropout generator
-
-
-@dataclass
-class VARTrainConfig:
-    """What training a transformer needs beyond the loop: the tokenizer, the model (a preset with field overrides,
-    e.g. {"depth": 8, "init_adaln_gamma_scale": 1e-3}), the loss options and the data. The number of classes comes
-    from the data; vocabulary, latent channels and schedule from the tokenizer."""
-
-    tokenizer: str = "runs/tokenizer/model"  # model directory holding the tokenizer (convert), or a train-tokenizer run
-    architecture: str = "var"  # var (next-scale) | raster (next-token baseline; needs a one-scale tokenizer)
-    preset: str = "fmnist-small"  # preset of the architecture (VAR_PRESETS, RASTER_PRESETS)
-    model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields overriding the preset's
-    label_smoothing: float = 0.0  # of the training loss (the logged L_mean/L_tail stay plain cross-entropy)
-    cache_tokens: bool = True  # encode the dataset once when its images carry no random augmentation
-    token_cache_dir: str | None = None  # where the encoded tokens go (None: <out>/token_cache); runs may share one
-    progressive: float = 0.0  # > 0: grow the number of trained scales over this fraction of the run
-    progressive_start_scales: int = 5  # scales trained at the start of progressive training (the recipe's pg0=4 → 5)
-    data: DataConfig | None = None
-
-    def __post_init__(self) -> None:
-        self.tokenizer = str(model_directory(self.tokenizer))  # a tokenizer's run folder stands for its model/
 
 
 def teacher_forced_loss(
@@ -130,6 +109,7 @@ def _logged_metrics(logits_BLV, targets_BL, ce_BL, label_smoothing: float, tail:
 
 # architecture name → (preset function, module class): what `architecture` builds
 ARCHITECTURES = {"var": (var_preset, VAR), "raster": (raster_preset, RasterTransformer)}
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
 
 
 class VARTask(Task):
