@@ -13,10 +13,10 @@ answers --help and argument mistakes at once.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from nextscale.errors import UsageError
+from nextscale.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -77,17 +77,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'nextscale' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from nextscale.convert import load_official

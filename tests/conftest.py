@@ -191,3 +191,16 @@ def write_fashion_files(folder: Path, prefix: str, images_NHW: np.ndarray, label
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images_NHW)))
     (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels_N)))
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def load_docs_script(name: str):
+    """docs/scripts/<name>.py as a module (the scripts that turn docs/data into the documents' tables)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, DOCS / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

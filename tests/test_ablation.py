@@ -4,7 +4,6 @@ that regenerates docs/ablation.md's tables from the records byte for byte."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DOCS, load_docs_script
 
 from nextscale import cli, save_pretrained
 from nextscale.data.build import DataConfig
@@ -23,15 +23,6 @@ from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR
 from nextscale.token_space import TokenSpace
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
-
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def _report_module():
-    spec = importlib.util.spec_from_file_location("ablation_report", DOCS / "scripts" / "ablation_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_ar_baseline_and_plain_var_have_the_same_shape_temperature_and_size():
@@ -139,7 +130,7 @@ def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp
 
 
 def test_the_report_script_rewrites_only_the_marked_sections_and_checks_them(tmp_path: Path):
-    report = _report_module()
+    report = load_docs_script("ablation_report")
     records = [
         _record(row.name, t, s, 10.0 - i + 0.1 * s) for i, row in enumerate(ROWS) for t in (0, 1) for s in (0, 1)
     ]
@@ -165,4 +156,4 @@ def test_the_report_script_rewrites_only_the_marked_sections_and_checks_them(tmp
 
 @pytest.mark.skipif(not (DOCS / "data" / "ablation.json").is_file(), reason="docs/data/ablation.json not recorded yet")
 def test_docs_ablation_md_is_what_its_data_gives():
-    assert _report_module().main(["--check"]) == 0
+    assert load_docs_script("ablation_report").main(["--check"]) == 0

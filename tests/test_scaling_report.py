@@ -3,7 +3,6 @@ and --check notices when they do not."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,16 +11,9 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the figures need matplotlib (pip install 'nextscale[scaling]')")
 
+from conftest import DOCS, load_docs_script
+
 from nextscale.scaling import fit_power_law  # noqa: E402
-
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-
-
-def _report():
-    spec = importlib.util.spec_from_file_location("scaling_report", DOCS / "scripts" / "scaling_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _runs(token_budget: int, depths, seeds, longer: float) -> list[dict]:
@@ -43,7 +35,7 @@ def _runs(token_budget: int, depths, seeds, longer: float) -> list[dict]:
 
 
 def test_the_report_fits_each_budget_from_runs_json_and_checks_the_document(tmp_path: Path):
-    report = _report()
+    report = load_docs_script("scaling_report")
     data = tmp_path / "data"
     data.mkdir()
     runs = _runs(3_000_000, range(1, 6), (0, 1), 1.0) + _runs(9_000_000, range(1, 5), (0,), 3.0)
@@ -81,4 +73,4 @@ def test_the_report_fits_each_budget_from_runs_json_and_checks_the_document(tmp_
     not (DOCS / "data" / "scaling" / "runs.json").is_file(), reason="docs/data/scaling not recorded yet"
 )
 def test_docs_scaling_md_and_fits_json_are_what_runs_json_gives():
-    assert _report().main(["--check"]) == 0
+    assert load_docs_script("scaling_report").main(["--check"]) == 0

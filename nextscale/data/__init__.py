@@ -6,8 +6,9 @@ The names below are imported on first use: `nextscale.data.config` must load wit
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from nextscale.lazy_exports import lazy_exports
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -57,17 +58,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'nextscale.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from nextscale.data.base import ImageDataset
