@@ -255,7 +255,7 @@ def _resolve(path_or_name: str | os.PathLike, filename: str | None) -> Path:
     if path.exists() or filename is None:
         return path
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download  # optional: the hub extra
     except ImportError:
         raise CheckpointError(
             f"{path_or_name!r} is not a file; downloading '{filename}' from the Hugging Face repo {HF_REPO} needs "

@@ -1,15 +1,15 @@
 """Choose a Fashion-MNIST model's sampling preset from a small sweep and measure it the way docs/evaluation.md says.
 
-    python docs/scripts/fmnist_model_eval.py --model runs/ablation/runs/var-large/seed0/model \
-        --out docs/data/evaluation/fmnist [--work runs/fmnist_eval] [--raw-weights CHECKPOINT/model.safetensors]
+    python docs/scripts/fmnist_model_eval.py --model MODEL_DIR --out docs/data/evaluation/fmnist \
+        [--work runs/fmnist_eval] [--other-weights ema.safetensors --other-name ema]
 
 Every scored set becomes one JSON in --out, in `nextscale eval-samples --json`'s format plus the sampling settings
 and seed that drew it (docs/scripts/evaluation_figures.py turns the folder into docs/evaluation.md's tables):
 1. sweep-cfg<g>-k<k>-p<p>.json: every (cfg, top-k, top-p) of the grid below, 2,000 samples (200 per class, sampling
    seed 0) against the 10,000 test images with the shipped classifier's features. The preset is the lowest-FID
    setting among those reaching issue 19's targets (class accuracy ≥ 88 %, recall ≥ 0.35), or the lowest-FID one.
-2. preset-seed<s>.json: the chosen preset at sampling seeds 0, 1, 2 (2,000 samples each, the export's EMA weights);
-   preset-10k.json: 10,000 samples (1,000 per class); raw-seed0.json: seed 0 with the run's raw weights (no EMA).
+2. preset-seed<s>.json: the chosen preset at sampling seeds 0, 1, 2 (2,000 samples each); preset-10k.json: 10,000
+   samples (1,000 per class); <other-name>-seed0.json: seed 0 with other weights of the same model (e.g. its EMA).
 3. floor_train.json, floor_reconstruction.json: the training images, and the test images through the model's
    tokenizer, scored like samples (the data's floor and the tokenizer's floor).
 4. preset.json: the chosen settings, and the 80-image grid's time (`nextscale sample --model DIR --per-class 8`,
@@ -71,17 +71,21 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="model directory (tokenizer/ and transformer/)")
     parser.add_argument("--out", type=Path, required=True, help="folder of the JSON files")
     parser.add_argument("--work", type=Path, default=Path("runs/fmnist_eval"), help="sample sets (kept for reruns)")
-    parser.add_argument("--raw-weights", help="a checkpoint's model.safetensors: the run's weights without EMA")
+    parser.add_argument("--other-weights", help="other weights of the transformer (.safetensors), scored at seed 0")
+    parser.add_argument("--other-name", default="other", help="what the other weights are (names their JSON file)")
     parser.add_argument("--skip-timing", action="store_true", help="no grid timing (a training shares the machine)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.from_pretrained(args.model)
 
-    def scored(name: str, make_samples, settings: SamplingSettings | None = None, seed: int | None = None, **options):
+    def scored(name: str, make_samples, settings: SamplingSettings | None = None, seed: int | None = None,
+               weights: str | None = None, **options):  # fmt: skip
         path = args.out / f"{name}.json"
         if not path.is_file():
             result = evaluate(str(make_samples()), **options)
             extra = {"settings": asdict(settings) if settings else None, "sample_seed": seed, "model": args.model}
+            if weights is not None:
+                extra["weights"] = weights
             path.write_text(json.dumps({**result, **extra}, indent=1) + "\n")
         return json.loads(path.read_text())
 
@@ -99,12 +103,13 @@ def main() -> None:
     for seed in (0, 1, 2):
         scored(f"preset-seed{seed}", samples(pipe, chosen, 200, seed, f"preset-seed{seed}"), chosen, seed)
     scored("preset-10k", samples(pipe, chosen, 1000, 0, "preset-10k"), chosen, 0)
-    if args.raw_weights:
+    if args.other_weights:
         from safetensors.torch import load_file
 
-        raw = Pipeline.from_pretrained(args.model)
-        raw.model.load_state_dict(load_file(args.raw_weights))
-        scored("raw-seed0", samples(raw, chosen, 200, 0, "raw-seed0"), chosen, 0)
+        other = Pipeline.from_pretrained(args.model)
+        other.model.load_state_dict(load_file(args.other_weights))
+        name = f"{args.other_name}-seed0"
+        scored(name, samples(other, chosen, 200, 0, name), chosen, 0, weights=args.other_weights)
     scored("floor_train", lambda: "fashion-mnist:train")
     scored("floor_reconstruction", lambda: "fashion-mnist:test", reconstruct_with=args.model)
     record_path = args.out / "preset.json"

@@ -1,6 +1,6 @@
 """Side-by-side picture: real test images (left) and class-conditional samples (right), one row per class.
 
-python docs/scripts/real_vs_samples.py --model runs/fmnist/var/model --out docs/fmnist_samples.png
+python docs/scripts/real_vs_samples.py --model fmnist --out docs/fmnist_samples.png    # the model's own preset
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from nextscale import SamplingSettings, from_pretrained, generate
 from nextscale.data.build import build_dataset
 from nextscale.images import make_grid
-from nextscale.pretrained import read_metadata
+from nextscale.pretrained import read_metadata, recorded_sampling
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--per-class", type=int, default=8)
-    parser.add_argument("--cfg", type=float, default=None, help="default: the 'quality' preset's")
+    parser.add_argument("--cfg", type=float, default=None, help="default: the model's own preset's (else 'quality')")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/fmnist_samples.png")
     args = parser.parse_args()
@@ -38,8 +38,8 @@ def main() -> None:
         if all(len(v) == n for v in real.values()):
             break
     real_images = torch.stack([img for c in range(model.num_classes) for img in real[c]])
-    settings = SamplingSettings.resolve("quality", cfg=args.cfg)
-    cfg = settings.cfg
+    settings = SamplingSettings.resolve(recorded_sampling(args.model) or "quality", cfg=args.cfg)
+    described = f"cfg {settings.cfg:g}" + (f", top-k {settings.top_k}" if settings.top_k else "")
     labels = [c for c in range(model.num_classes) for _ in range(n)]
     samples = generate(model, tokenizer, labels, settings, seed=args.seed).images
     upscale = max(1, 96 // size)
@@ -50,7 +50,7 @@ def main() -> None:
     canvas.paste(right, (label_width + left.width + 20, header))
     draw = ImageDraw.Draw(canvas)
     draw.text((label_width, 8), "real test images", fill="black")
-    draw.text((label_width + left.width + 20, 8), f"samples (cfg {cfg}, seed {args.seed})", fill="black")
+    draw.text((label_width + left.width + 20, 8), f"samples ({described}, seed {args.seed})", fill="black")
     row = (left.height - 2) / model.num_classes
     for c, name in enumerate(classes):
         draw.text((6, header + row * c + row / 2 - 6), name[:16], fill="black")

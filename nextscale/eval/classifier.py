@@ -26,9 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from nextscale.errors import UsageError
 from nextscale.eval.config import ClassifierConfig  # noqa: F401 (re-exported)
+from nextscale.weights import write_safetensors
 
 INPUT_SIZE = 32  # side every input is resized to (that of the 32-px Fashion-MNIST of nextscale.data)
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -120,8 +123,6 @@ def round_to_storage_precision(model: FashionClassifier) -> FashionClassifier:
 def save_classifier(model: FashionClassifier, path: str | os.PathLike, record: dict | None = None) -> Path:
     """Weights as float16 safetensors (config in its metadata; half the bytes, and float16 keeps the accuracy) and,
     when given, `record` (recipe, accuracy) as JSON beside them."""
-    from nextscale.weights import write_safetensors
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -139,9 +140,6 @@ def save_classifier(model: FashionClassifier, path: str | os.PathLike, record: d
 def load_classifier(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FashionClassifier:
     """The classifier from a safetensors file written by `save_classifier`; by default the weights shipped with
     nextscale. In eval mode, without gradients."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else SHIPPED_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights {path} not found (make them with `nextscale train-classifier`)")

@@ -31,6 +31,7 @@ from nextscale.eval.fidelity_metrics import (
 )
 from nextscale.eval.image_sets import ImageSet, ReconstructedSet, load_reference, tokenizer_reconstruction
 from nextscale.eval.reference_cache import reference_features
+from nextscale.pretrained import from_pretrained
 
 BUILTIN_SAMPLES_SIZE = 32  # real Fashion-MNIST given as samples is read at the size the library trains on
 
@@ -114,8 +115,6 @@ def evaluate_samples(config: EvaluationConfig, progress: bool = True) -> dict:
 
 def _reconstructed(samples: ImageSet, model_directory: str, device: str) -> ReconstructedSet:
     """`samples` through the tokenizer of `model_directory` (a model or tokenizer directory, or a shipped name)."""
-    from nextscale.pretrained import from_pretrained
-
     tokenizer, _ = from_pretrained(model_directory, device)
     if tokenizer is None:
         raise UsageError(f"--reconstruct-with {model_directory}: it holds no tokenizer")

@@ -16,7 +16,7 @@ INSTALL_HINT = "pip install 'nextscale[eval]'"
 def import_torch_fidelity() -> ModuleType:
     """The `torch_fidelity` package, or a one-line ImportError that says how to install it."""
     try:
-        import torch_fidelity
+        import torch_fidelity  # optional: the eval extra
     except (ImportError, OSError, RuntimeError) as err:  # missing, or a torchvision that does not match torch
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ImportError(

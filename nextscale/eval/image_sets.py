@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nextscale.data.fashion_mnist import FashionMNIST
 from nextscale.data.folder import IMAGE_EXTENSIONS
 from nextscale.errors import UsageError
 from nextscale.eval.config import BUILTIN_REFERENCES  # noqa: F401 (re-exported)
+from nextscale.eval.metrics import psnr
 
 CLASS_IN_NAME = re.compile(r"^class(\d+)_")  # the class prefix of sample-set file names
 LABELS_KEY = "labels"
@@ -75,8 +77,6 @@ def load_reference(
 
 def fashion_mnist_set(split: str, image_size: int, root: str | os.PathLike | None = None) -> ImageSet:
     """A Fashion-MNIST split as `nextscale.data` loads it at `image_size`, gray copied to three channels."""
-    from nextscale.data.fashion_mnist import FashionMNIST
-
     dataset = FashionMNIST(split, image_size, root)
     images_NSS = dataset.images_NSS
 
@@ -249,8 +249,6 @@ class ReconstructedSet:
         return self.psnr_sum / max(self.psnr_count, 1)
 
     def _read(self, source: ImageSet, reconstruct, batch_size: int) -> Iterator[np.ndarray]:
-        from nextscale.eval.metrics import psnr
-
         self.psnr_sum, self.psnr_count = 0.0, 0
         for batch_nHW3 in source.batches(batch_size):
             images_nCHW = torch.as_tensor(np.array(batch_nHW3)).permute(0, 3, 1, 2).float().div(127.5).sub(1)

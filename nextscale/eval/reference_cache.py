@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from nextscale.eval.feature_networks import ClassifierNetwork, FeatureSet, InceptionNetwork, extract_features
 from nextscale.eval.fidelity_metrics import GaussianStatistics, gaussian_statistics
 from nextscale.eval.image_sets import ImageSet
+from nextscale.weights import write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +101,6 @@ def reference_features(
 
 
 def _write(path: Path, key: dict, features: FeatureSet, statistics: GaussianStatistics) -> None:
-    from nextscale.weights import write_safetensors
-
     tensors = {
         "features_ND": features.features_ND.contiguous(),
         "logits_NV": features.logits_NV.contiguous(),
@@ -117,8 +117,6 @@ def _write(path: Path, key: dict, features: FeatureSet, statistics: GaussianStat
 
 def _read(path: Path, key: dict) -> tuple[FeatureSet, GaussianStatistics] | None:
     """The cached content, or None (with a warning) when the file is damaged or holds another key."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as file:
             stored_key = json.loads((file.metadata() or {}).get(KEY_METADATA, "null"))

@@ -33,9 +33,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from nextscale import __version__
 from nextscale.errors import UsageError
+from nextscale.eval.classifier import load_classifier
 from nextscale.eval.config import MAX_BATCH_SIZE, SampleSetConfig, parse_classes  # noqa: F401 (re-exported)
 from nextscale.eval.image_sets import CLASS_IN_NAME
+from nextscale.eval.rejection import classifier_scorer, rejection_sample
 from nextscale.images import to_pil
 from nextscale.pipeline import Pipeline
 from nextscale.progress import progress_bar
@@ -102,8 +105,6 @@ def resolve_classes(config: SampleSetConfig, num_classes: int) -> tuple[int, ...
 
 def settings_record(pipeline: Pipeline, config: SampleSetConfig) -> dict:
     """What settings.json holds: everything that decides the images, plus the library version."""
-    from nextscale import __version__
-
     classes = resolve_classes(config, pipeline.num_classes)
     return {
         "model": pipeline.source,
@@ -160,9 +161,6 @@ def regenerate_batch(pipeline: Pipeline, batch: Batch, settings: SamplingSetting
     each image is the best of that many candidates by the Fashion-MNIST evaluation classifier (the paper's "-re")."""
     if rejection == 1:
         return pipeline.generate(list(batch.labels), seed=batch.seed, settings=settings)
-    from nextscale.eval.classifier import load_classifier
-    from nextscale.eval.rejection import classifier_scorer, rejection_sample
-
     classifier = load_classifier(device=pipeline.device)
     if pipeline.num_classes != classifier.config.num_classes:
         raise UsageError(

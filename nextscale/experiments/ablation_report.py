@@ -122,8 +122,8 @@ def curve_slopes(data: dict) -> dict[str, tuple[float, float]]:
 def plot_curves(data: dict, path: Path) -> Path:
     """FID against training images and against training PFLOPs, and test loss against images, for the curve rows:
     a thin line per training seed, a thick one for their mean."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: the scaling extra
+    from matplotlib.figure import Figure  # optional: the scaling extra
 
     figure = Figure(figsize=(13, 4))
     FigureCanvasAgg(figure)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from nextscale.data.config import DataConfig
 from nextscale.train.config import LoopConfig
+from nextscale.train.loop import run
+from nextscale.train.var_config import VARTrainConfig
+from nextscale.train.var_task import VARTask
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,6 @@ class TrainingJob:
 
     def run(self) -> Path:
         """Train (or resume) to the end; returns the export directory."""
-        from nextscale.train.loop import run
-        from nextscale.train.var_task import VARTask
-
         return run(VARTask(self.task), self.loop)
 
 
@@ -52,8 +52,6 @@ def transformer_job(
     """The job that trains `architecture` (`var` or `raster`) of `preset` with the `model` overrides on `tokenizer`
     (a model directory) and `data`, into `output_dir`; `loop_settings` are LoopConfig fields (steps, batch_size,
     base_lr, seed, …). The data set's tokens are cached in `token_cache_dir`, shared by every run on the tokenizer."""
-    from nextscale.train.var_config import VARTrainConfig
-
     task = VARTrainConfig(
         tokenizer=str(tokenizer),
         architecture=architecture,

@@ -29,8 +29,8 @@ COMPUTE_UNIT_NAMES = {1.0: "FLOPs", 1e9: "GFLOPs", 1e12: "TFLOPs", 1e15: "PFLOPs
 def _figure_classes():
     """(Figure, FigureCanvasAgg), or an ImportError that says how to install matplotlib."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional: the scaling extra
+        from matplotlib.figure import Figure  # optional: the scaling extra
     except ImportError as err:
         raise ImportError(f"scaling plots need matplotlib ({err}); {INSTALL_HINT}") from err
     return Figure, FigureCanvasAgg
@@ -66,7 +66,7 @@ def _draw_law(axes, law: PowerLawFit, x: np.ndarray, metric: str, x_name: str) -
 
 def _style(axes, **labels) -> None:
     """Log-log axes with a grid; y ticks as plain numbers (a metric often spans less than a decade)."""
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter  # optional: the scaling extra
 
     axes.set(xscale="log", yscale="log", **labels)
     axes.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
@@ -114,7 +114,7 @@ def plot_against_compute(
     """Fig. 6: one panel per metric, every run's curve faintly (coloured by size), the Pareto frontier points that
     were fitted and the law against C_min, on log-log axes."""
     Figure, canvas_class = _figure_classes()
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # optional: the scaling extra
 
     figure = Figure(figsize=(4.2 * len(metrics), 4.2), layout="constrained")
     unit = _unit_name(compute_unit, COMPUTE_UNIT_NAMES, "FLOPs")

@@ -82,7 +82,7 @@ def _vgg_features(source: str | os.PathLike | nn.Module | dict | None) -> dict[s
 
 def _download_vgg16() -> dict[str, torch.Tensor]:
     try:
-        from torchvision.models import VGG16_Weights, vgg16
+        from torchvision.models import VGG16_Weights, vgg16  # optional: torchvision
     except ImportError:
         raise UsageError(
             "torchvision is needed to download VGG16 (pip install torchvision), or pass a local vgg16 state dict"

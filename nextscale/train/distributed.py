@@ -10,6 +10,14 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from nextscale.distributed import DistributedContext, is_initialized
 
@@ -47,7 +55,6 @@ def wrap_model(model: nn.Module, context: DistributedContext, strategy: WrapStra
             find_unused_parameters=False,
             **{buffer_flag: False},
         )
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     model = model.to(context.device)
     policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
@@ -82,7 +89,6 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     plain = unwrap_model(model)
     if not is_sharded(plain):
         return plain.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(plain, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -97,7 +103,6 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if not is_sharded(plain):
         plain.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     set_model_state_dict(plain, state, options=StateDictOptions(full_state_dict=True))
 
@@ -106,7 +111,6 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """The optimizer's state with full tensors (gathered under FSDP2; a collective then, call it on every rank)."""
     if not is_sharded(model):
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     _reshard(model)
@@ -118,7 +122,6 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     if not is_sharded(model):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     with _without_param_names(optimizer):

@@ -165,7 +165,7 @@ class MetricLogger:
         self._file = open(self.output_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
         if self.use_tensorboard and self._writer is None and not self._tensorboard_unavailable:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: the train extra
             except ImportError as error:
                 self._tensorboard_unavailable = True
                 logger.warning("TensorBoard logging is off: %s (pip install tensorboard)", error)
