@@ -5,7 +5,8 @@ Each module registers its subcommands (`add_commands`): `generate.py` (sample, e
 `scaling.py`, `ablation.py`, `demo.py`;
 `common.py` (with the table of commands) and `options.py` hold what they share. Only the module of the command being
 run is imported, and none imports torch before its arguments are parsed, so `--help` and argument mistakes are
-answered at once.
+answered at once: that is why the commands' `cmd_*` functions import the library inside (its modules load torch),
+the one place where imports inside functions are the rule.
 
 A user mistake (`nextscale.UsageError`, which a damaged file's `CheckpointError` is too) ends in one line on stderr
 and exit status 2, never a traceback; any other exception is a bug and keeps its traceback.

@@ -6,7 +6,6 @@ imports torch, so that the command line builds its options from them before torc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nextscale.errors import UsageError
 from nextscale.sampling_settings import SAMPLING_PRESETS, SamplingSettings
@@ -66,11 +65,6 @@ class SampleSetConfig:
                 raise UsageError("classes is empty")
             if len(set(self.classes)) != len(self.classes):
                 raise UsageError("classes repeat; each class appears once (use per_class for more images)")
-
-    @property
-    def npz_path(self) -> Path:
-        folder = Path(self.out_dir)
-        return folder.parent / f"{folder.name}.npz"
 
 
 def parse_classes(spec: str) -> tuple[int, ...]:

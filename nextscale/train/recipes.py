@@ -26,10 +26,6 @@ class Recipe:
     task: dict[str, Any] = field(default_factory=dict)  # the task config's fields
     model: dict[str, Any] = field(default_factory=dict)  # VARConfig fields over the task's preset
 
-    def table_row(self) -> dict[str, Any]:
-        """The figures a reader compares across recipes (for the README table)."""
-        return {**self.loop, **self.data, **self.task, **self.model}
-
 
 _IMAGENET_256 = dict(image_size=256, resize_ratio=1.125, hflip=False)
 
