@@ -2,7 +2,9 @@
 
 Each step feeds one scale's tokens (2B rows: conditional, then unconditional) through the transformer, mixes the two
 halves with a guidance weight that grows linearly from 0 at the first scale to `cfg` at the last, samples that
-scale's token map and adds it to the tokenizer's f̂, whose resized copy is the next scale's input.
+scale's token map and adds it to the tokenizer's f̂, whose resized copy is the next scale's input. With
+`guidance_scales = n` guidance stops after the first n scales (Switti- and StageVAR-style): the unconditional rows are
+dropped from the batch and from the KV cache, so the later, largest scales run one row per image.
 
 Random numbers come from one `torch.Generator` seeded with `seed`, drawn in the official sampler's order (labels,
 then per scale: the token draw, then the Gumbel noise when `more_smooth`), so the same weights, settings and seed give
@@ -186,17 +188,23 @@ def sample_scales(
     f_hat = torch.zeros(B, quantizer.latent_channels, schedule.final_side, schedule.final_side, device=device)
     token_maps = []
     hidden_2BlC = None  # the previous scale's last-block outputs, for pruned scales
+    rows = 2  # the conditional and the unconditional row of every image, until guidance stops
     for k, side in enumerate(schedule.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
         with cast:
             if _prunes(settings, k, K):
                 previous_side = schedule.patch_nums[k - 1]
-                hidden_2BlC = _pruned_hidden(model, x_BlC, cond_BD, cache, hidden_2BlC, previous_side, side, settings)
+                hidden_2BlC = _pruned_hidden(
+                    model, x_BlC, cond_BD, cache, hidden_2BlC, previous_side, side, settings, rows
+                )
             else:
                 hidden_2BlC = model.step_hidden(x_BlC, cond_BD, cache)
             logits_2BlV = model.logits(hidden_2BlC, cond_BD)
-        guidance = settings.cfg * ratio
-        logits_BlV = (1 + guidance) * logits_2BlV[:B] - guidance * logits_2BlV[B:]
+        if rows == 2:
+            guidance = settings.cfg * ratio
+            logits_BlV = (1 + guidance) * logits_2BlV[:B] - guidance * logits_2BlV[B:]
+        else:
+            logits_BlV = logits_2BlV
         kept_logits_BlV = logits_BlV.clone() if recorder is not None else None  # the draw filters them in place
         idx_Bl = sample_top_k_top_p(logits_BlV, settings.top_k, settings.top_p, generator)
         if settings.more_smooth:
@@ -212,8 +220,13 @@ def sample_scales(
         next_BChw = quantizer.next_input(k, f_hat, h_BChw)
         for consume in consumers:
             consume(ScaleOutput(k, kept_logits_BlV, idx_Bl, idx_Bhw, f_hat, next_BChw))
+        if rows == 2 and k + 1 == settings.guidance_scales < K:  # unguided from here on: one row per image
+            rows, cond_BD = 1, cond_BD[:B]
+            hidden_2BlC = hidden_2BlC[:B]
+            for layer_cache in cache:
+                layer_cache.keep_rows(B)
         if k < K - 1:
-            x_BlC = model.scale_tokens(k + 1, next_BChw.flatten(2).transpose(1, 2)).repeat(2, 1, 1)
+            x_BlC = model.scale_tokens(k + 1, next_BChw.flatten(2).transpose(1, 2)).repeat(rows, 1, 1)
     with cast:
         images = tokenizer.decode_fhat(f_hat)
     images = images.float().add_(1).mul_(0.5)
@@ -235,16 +248,25 @@ def _force_tokens(quantizer, forced: ForcedTokens, k: int, h_BChw: torch.Tensor,
 
 
 def _pruned_hidden(
-    model: VAR, x_2BlC, cond_2BD, cache, previous_2BlC, previous_side: int, side: int, settings: SamplingSettings
+    model: VAR,
+    x_2BlC,
+    cond_2BD,
+    cache,
+    previous_2BlC,
+    previous_side: int,
+    side: int,
+    settings: SamplingSettings,
+    rows: int = 2,
 ):
     """FastVAR-style token pruning of one large scale: only the tokens whose input stands out most from the scale's
     mean (the conditional row decides for both CFG rows of an image) go through the transformer; the others take
-    the previous scale's last-block outputs, upsampled (nearest) to this grid. Returns (2B, l, C) outputs."""
+    the previous scale's last-block outputs, upsampled (nearest) to this grid. Returns (2B, l, C) outputs (B, l, C
+    once guidance has stopped: `rows` = 1)."""
     twoB, l, C = x_2BlC.shape
     keep = max(1, round(l * (1 - settings.prune_ratio)))
-    x_BlC = x_2BlC[: twoB // 2]
+    x_BlC = x_2BlC[: twoB // rows]
     score_Bl = (x_BlC - x_BlC.mean(dim=1, keepdim=True)).float().norm(dim=-1)
-    kept_2Bk = score_Bl.topk(keep, dim=1).indices.sort(dim=1).values.repeat(2, 1)
+    kept_2Bk = score_Bl.topk(keep, dim=1).indices.sort(dim=1).values.repeat(rows, 1)
     index_2BkC = kept_2Bk.unsqueeze(-1).expand(-1, -1, C)
     hidden_2BkC = model.step_hidden(x_2BlC.gather(1, index_2BkC), cond_2BD, cache)
     previous_2BCs = previous_2BlC.transpose(1, 2).reshape(twoB, -1, previous_side, previous_side)

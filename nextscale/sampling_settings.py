@@ -25,6 +25,7 @@ class SamplingSettings:
     more_smooth: bool = False  # feed Gumbel-softmax-smoothed embeddings forward instead of the drawn tokens
     prune_ratio: float = 0.0  # skip this fraction of tokens at the largest scales (FastVAR-style speed-up; 0: off)
     prune_scales: int = 2  # how many of the largest scales prune_ratio applies to
+    guidance_scales: int = 0  # guide only the first this many scales, then drop the unconditional rows (0: all)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cfg) and self.cfg >= 0):
@@ -37,6 +38,12 @@ class SamplingSettings:
             raise UsageError(f"prune_ratio must be in [0, 1) (0: no pruning), got {self.prune_ratio}")
         if isinstance(self.prune_scales, bool) or not isinstance(self.prune_scales, int) or self.prune_scales < 1:
             raise UsageError(f"prune_scales must be a positive integer, got {self.prune_scales!r}")
+        if (
+            isinstance(self.guidance_scales, bool)
+            or not isinstance(self.guidance_scales, int)
+            or self.guidance_scales < 0
+        ):
+            raise UsageError(f"guidance_scales must be an integer ≥ 0 (0: every scale), got {self.guidance_scales!r}")
 
     @classmethod
     def preset(cls, name: str) -> SamplingSettings:

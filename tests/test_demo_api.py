@@ -509,3 +509,18 @@ def test_demo_command_errors_are_one_line(model_dir, tmp_path, monkeypatch, caps
             assert run_cli(["demo", *argv, "--device", "cpu"], monkeypatch) == 2
             stderr = capsys.readouterr().err
             assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_guided_scales_reach_the_sampler_and_the_command_line(server, model_dir):
+    """guidance_scales from the page: the images are the pipeline's with that setting, and the command shown has it."""
+    body = {"classes": [2, 7], "per_class": 1, "seed": 5, "cfg": 3.0, "guidance_scales": 2, "previews": False}
+    done = events(server.url + "api/sample", body)[-1]
+    pipeline = nextscale.Pipeline.from_pretrained(model_dir)
+    expected = pipeline.generate([2, 7], seed=5, cfg=3.0, guidance_scales=2)
+    assert [picture(url).tobytes() for url in done["images"]] == [
+        array.numpy().tobytes() for array in nextscale.images.to_uint8(expected)
+    ]
+    argv = shlex.split(done["command"])
+    assert argv[argv.index("--guidance-scales") + 1] == "2"
+    unguided = events(server.url + "api/sample", {**body, "guidance_scales": 0})[-1]["images"]
+    assert unguided != done["images"]

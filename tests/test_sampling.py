@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.editing import edit, keep_masks_per_scale
+from nextscale.errors import UsageError
 from nextscale.sampling import SamplingSettings, generate, resolve_labels, sample_scales, sample_top_k_top_p
 
 
@@ -263,3 +264,67 @@ def test_bf16_autocast_sampling_agrees_with_fp32_at_the_first_scales(debug_model
     assert bf16.images.min() >= 0.0 and bf16.images.max() <= 1.0
     assert torch.equal(bf16.token_maps[0], fp32.token_maps[0])  # greedy 1×1 tokens: bf16 keeps the argmax
     assert (bf16.images - fp32.images).abs().mean() < 0.1
+
+
+# ---- guidance only up to a given scale ------------------------------------------------------------------------------
+
+
+def _rows_per_scale(model, run) -> list[int]:
+    """The batch rows of every step_hidden call while `run()` samples."""
+    rows, step_hidden = [], model.step_hidden
+
+    def counting(x_BlC, cond_BD, cache):
+        rows.append(x_BlC.shape[0])
+        return step_hidden(x_BlC, cond_BD, cache)
+
+    model.step_hidden = counting
+    try:
+        out = run()
+    finally:
+        del model.step_hidden
+    return rows, out
+
+
+def test_guidance_up_to_the_last_scale_is_the_exact_path(debug_models):
+    tokenizer, model = debug_models
+    K = model.schedule.num_scales
+    exact = generate(model, tokenizer, [1, 2, 3], cfg=2.0, top_k=5, seed=4, trace=True)
+    for scales in (0, K):
+        same = generate(model, tokenizer, [1, 2, 3], cfg=2.0, top_k=5, seed=4, trace=True, guidance_scales=scales)
+        assert all(torch.equal(a, b) for a, b in zip(exact.token_maps, same.token_maps))
+        assert all(torch.equal(a, b) for a, b in zip(exact.trace["logits"], same.trace["logits"]))
+
+
+def test_guidance_stops_after_the_given_scale_and_the_later_scales_run_one_row_per_image(debug_models):
+    tokenizer, model = debug_models
+    K = model.schedule.num_scales
+    rows, exact = _rows_per_scale(model, lambda: generate(model, tokenizer, [1, 2, 3], cfg=3.0, seed=4, trace=True))
+    assert rows == [6] * K
+    rows, cut = _rows_per_scale(
+        model, lambda: generate(model, tokenizer, [1, 2, 3], cfg=3.0, seed=4, trace=True, guidance_scales=2)
+    )
+    assert rows == [6, 6] + [3] * (K - 2)  # the unconditional rows are gone from the third scale on
+    assert all(torch.equal(a, b) for a, b in zip(exact.token_maps[:2], cut.token_maps[:2]))  # guided as before
+    assert any(not torch.equal(a, b) for a, b in zip(exact.token_maps[2:], cut.token_maps[2:]))
+
+
+def test_without_guidance_the_dropped_rows_change_nothing_but_the_work(debug_models):
+    """cfg 0: the guided logits are the conditional ones, so cutting the unconditional rows after the first scale
+    leaves every scale's logits (to float tolerance: the batch is smaller) and the tokens as they were."""
+    tokenizer, model = debug_models
+    exact = generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True)
+    cut = generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True, guidance_scales=1)
+    for a, b in zip(exact.trace["logits"], cut.trace["logits"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(exact.token_maps, cut.token_maps))
+
+
+def test_guidance_scales_combines_with_pruning_and_is_validated(debug_models):
+    tokenizer, model = debug_models
+    K = model.schedule.num_scales
+    settings = SamplingSettings(cfg=2.0, prune_ratio=0.5, prune_scales=2, guidance_scales=K - 2)
+    out = generate(model, tokenizer, [0, 1], settings, seed=1)
+    assert out.images.shape[0] == 2 and torch.isfinite(out.images).all()
+    for bad in (-1, 1.5, True):
+        with pytest.raises(UsageError, match="guidance_scales"):
+            SamplingSettings(guidance_scales=bad)

@@ -130,7 +130,7 @@ def _class_id(model: DemoModel, value, name: str) -> int:
         raise DemoRequestError(f"{name}: {err}") from None
 
 
-_SETTINGS_FIELDS = ("cfg", "top_k", "top_p", "more_smooth", "prune_ratio", "prune_scales")
+_SETTINGS_FIELDS = ("cfg", "top_k", "top_p", "more_smooth", "prune_ratio", "prune_scales", "guidance_scales")
 
 
 def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales: int) -> SamplingSettings:
@@ -142,6 +142,7 @@ def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales
         more_smooth=_boolean(body, "more_smooth", base.more_smooth),
         prune_ratio=_number(body, "prune_ratio", 0.0, limits.max_prune_ratio, base.prune_ratio),
         prune_scales=_integer(body, "prune_scales", 1, num_scales, min(base.prune_scales, num_scales)),
+        guidance_scales=_integer(body, "guidance_scales", 0, num_scales, min(base.guidance_scales, num_scales)),
     )
     try:
         return replace(base, **changes)

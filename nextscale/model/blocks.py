@@ -51,6 +51,14 @@ class LayerCache:
         self.length += added
         return self.key, self.value
 
+    def keep_rows(self, rows: int) -> None:
+        """Keep only the first `rows` rows of the batch (keys, values, modulation) from now on: the sampler drops
+        the unconditional rows once guidance stops. The buffers' leading rows are views, so nothing is copied."""
+        if self.key is not None:
+            self.key, self.value = self.key[:rows], self.value[:rows]
+        if self.modulation is not None:
+            self.modulation = self.modulation[:rows]
+
 
 class AdaLNModulation(nn.Module):
     """SiLU then Linear: a condition vector (B, D) → `chunks` modulation vectors (B, 1, chunks, C)."""

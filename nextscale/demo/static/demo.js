@@ -94,6 +94,7 @@ function settingsOf(prefix) {
     more_smooth: $(`${prefix}-more-smooth`).checked,
     prune_ratio: numberValue(`${prefix}-prune-ratio`),
     prune_scales: numberValue(`${prefix}-prune-scales`),
+    guidance_scales: numberValue(`${prefix}-guidance-scales`),
     previews: $(`${prefix}-previews`).checked,
   };
 }
@@ -106,6 +107,8 @@ function fillSettings(prefix, defaults) {
   $(`${prefix}-prune-ratio`).value = defaults.prune_ratio;
   $(`${prefix}-prune-scales`).value = Math.min(defaults.prune_scales, state.info.scales.length);
   $(`${prefix}-prune-scales`).max = String(state.info.scales.length);
+  $(`${prefix}-guidance-scales`).value = Math.min(defaults.guidance_scales, state.info.scales.length);
+  $(`${prefix}-guidance-scales`).max = String(state.info.scales.length);
   $(`${prefix}-seed-random`).addEventListener("click", () => {
     $(`${prefix}-seed`).value = Math.floor(Math.random() * 2 ** 32);
   });
