@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--train-depth", type=int, default=8, help="depth of the training-step model (0: skip)")
     parser.add_argument("--train-batch-size", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="also time nextscale with torch.compile'd blocks")
+    parser.add_argument("--without-fast", action="store_true", help="also time nextscale without --fast")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -221,6 +222,11 @@ def main() -> None:
 
             named["official"] = official_sample
         named["nextscale"] = lambda m=fast_model, t=fast_tokenizer: generate(m, t, labels, settings, seed=args.seed)
+        if args.without_fast:  # the same weights as loaded, under autocast: what --fast saves
+            autocast_dtype = None if dtype == torch.float32 else dtype
+            named["nextscale without fast"] = lambda cast_to=autocast_dtype: generate(
+                model, tokenizer, labels, settings, seed=args.seed, autocast_dtype=cast_to
+            )
         if args.compile:
             compiled = prepare_for_inference(copy.deepcopy(fast_tokenizer), copy.deepcopy(fast_model), compile=True)
             named["nextscale+compile"] = lambda m=compiled[1], t=compiled[0]: generate(m, t, labels, settings, seed=0)
@@ -232,6 +238,7 @@ def main() -> None:
             rows.append(
                 (f"sampling {name} nextscale / official", f"{min(times['official']) / min(times['nextscale']):.2f}x")
             )
+        rows.append((f"sampling {name} peak memory (process)", f"{peak_memory_mb(device):.0f} MiB"))
 
         f_hat = torch.randn(B, tokenizer.latent_channels, 16, 16, device=device)
         decoders = {"nextscale": lambda t=fast_tokenizer, f=f_hat: t.decode_fhat(f)}

@@ -25,3 +25,15 @@ def test_next_scale_against_next_token_benchmark_runs():
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "raster (next-token)" in result.stdout and "faster than the next-token baseline" in result.stdout
+
+
+def test_the_gpu_script_runs_on_the_cpu_at_toy_sizes():
+    """benchmarks/gpu.sh, the script a lent accelerator runs, checked end to end on the CPU: the device-token check,
+    then the side-by-side rows with and without --fast and the peak memory, per batch size."""
+    command = ["bash", str(BENCHMARKS / "gpu.sh"), "--device", "cpu", "--depth", "1", "--batches", "1 2",
+               "--tokenizer", "fmnist-32", "--precisions", "fp32", "--repeats", "1"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2080 of 2080 greedy tokens identical" in result.stdout
+    for row in ("sampling fp32 nextscale without fast", "sampling fp32 peak memory", "batch 2"):
+        assert row in result.stdout, result.stdout
