@@ -28,6 +28,7 @@ from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata, recorded_sampling
 from nextscale.raster_sampling import generate_raster
 from nextscale.sampling import Generation, SamplingSettings, generate, resolve_labels
+from nextscale.token_space import require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer
 
 DEFAULT_PRESET = "demo"  # the official demo notebook's look; "fid" is the evaluation setting
@@ -68,6 +69,7 @@ class Pipeline:
     dtype: torch.dtype | str = torch.float32  # fp32 runs as is; bf16 / fp16 run the networks under autocast
     source: str = ""  # where the weights came from, for records such as a sample set's settings.json
     fast: bool = False  # prepare the models for fast inference (nextscale.inference): cast weights, NHWC convs
+    refiner: VAR | None = None  # a second transformer on the tokenizer, drawing from settings.handover_scale on
 
     def __post_init__(self) -> None:
         self.settings = SamplingSettings.resolve(self.settings)
@@ -78,6 +80,9 @@ class Pipeline:
                 raise UsageError(f"{len(self.class_names)} class names for {self.num_classes} classes")
         self.tokenizer.eval()
         self.model.eval()
+        if self.refiner is not None:
+            require_same_token_space(self.tokenizer.token_space, self.refiner.token_space)
+            self.refiner.eval()
         if self.fast:
             cast = None if self.dtype == torch.float32 else self.dtype
             prepare_for_inference(self.tokenizer, self.model, dtype=cast)
@@ -186,7 +191,10 @@ class Pipeline:
         """Class-conditional images: `labels` as `nextscale.generate` takes them, or class names. Returns (B, 3, H, W)
         in [0, 1] ('pt'), PIL images ('pil') or the whole `Generation` with its token maps ('generation')."""
         _check_output_type(output_type)
-        sample = generate_raster if isinstance(self.model, RasterTransformer) else generate
+        if isinstance(self.model, RasterTransformer):
+            sample, extra = generate_raster, {}
+        else:
+            sample, extra = generate, {"refiner": self.refiner}
         out = sample(
             self.model,
             self.tokenizer,
@@ -195,6 +203,7 @@ class Pipeline:
             seed=seed,
             batch_size=batch_size,
             autocast_dtype=self.autocast_dtype,
+            **extra,
         )
         return _convert(out, output_type)
 

@@ -171,11 +171,19 @@ def sample_scales(
     forced: ForcedTokens | None = None,
     trace: bool = False,
     on_scale: ScaleCallback | None = None,
+    refiner: VAR | None = None,
 ) -> Generation:
     """The sampler proper: the KV-cached next-scale loop, then the decode. `forced` = (token maps of an input
     image, per-scale keep masks (B, 1, h, w)) replaces the drawn tokens where the masks keep (zero-shot editing).
-    `trace` keeps each scale's internals in `Generation.trace`; `on_scale(k, f_hat, token_map)` sees each scale."""
+    `trace` keeps each scale's internals in `Generation.trace`; `on_scale(k, f_hat, token_map)` sees each scale.
+    With a `refiner` (another transformer on the same tokenizer) and `settings.handover_scale` = h > 0, `model`
+    drafts scales < h and the refiner, its cache first filled with those scales, draws scales ≥ h (CoDe-style
+    collaborative decoding)."""
     require_same_token_space(tokenizer.token_space, model.token_space)
+    if refiner is not None:
+        require_same_token_space(tokenizer.token_space, refiner.token_space)
+        if refiner.num_classes != model.num_classes:
+            raise UsageError(f"the refiner has {refiner.num_classes} classes, the drafter {model.num_classes}")
     schedule, quantizer = model.schedule, tokenizer.quantizer
     K, B = schedule.num_scales, labels_B.shape[0]
     device = labels_B.device
@@ -189,8 +197,13 @@ def sample_scales(
     token_maps = []
     hidden_2BlC = None  # the previous scale's last-block outputs, for pruned scales
     rows = 2  # the conditional and the unconditional row of every image, until guidance stops
+    scale_inputs = []  # the tokenizer's input of every scale after the first, (B, l, Cv): what a refiner re-reads
     for k, side in enumerate(schedule.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0
+        if refiner is not None and k == settings.handover_scale > 0:
+            with cast:
+                model, cond_BD, cache, hidden_2BlC = _hand_over(refiner, labels_B, scale_inputs, rows)
+                x_BlC = model.scale_tokens(k, scale_inputs[-1]).repeat(rows, 1, 1)
         with cast:
             if _prunes(settings, k, K):
                 previous_side = schedule.patch_nums[k - 1]
@@ -226,12 +239,26 @@ def sample_scales(
             for layer_cache in cache:
                 layer_cache.keep_rows(B)
         if k < K - 1:
-            x_BlC = model.scale_tokens(k + 1, next_BChw.flatten(2).transpose(1, 2)).repeat(rows, 1, 1)
+            scale_inputs.append(next_BChw.flatten(2).transpose(1, 2))
+            x_BlC = model.scale_tokens(k + 1, scale_inputs[-1]).repeat(rows, 1, 1)
     with cast:
         images = tokenizer.decode_fhat(f_hat)
     images = images.float().add_(1).mul_(0.5)
     records = recorder.records if recorder is not None else {}
     return Generation(images=images, token_maps=token_maps, labels=labels_B, trace=records)
+
+
+def _hand_over(refiner: VAR, labels_B: torch.Tensor, scale_inputs: list[torch.Tensor], rows: int):
+    """The refiner's state at the handover: its class conditions (`rows` per image), a KV cache filled with the scales
+    drawn so far (scale 0 from its start tokens, the others from the tokenizer's inputs, unpruned) and the last of
+    those scales' outputs. Returns (refiner, cond, cache, hidden)."""
+    null_B = torch.full_like(labels_B, refiner.config.null_class)
+    cond_BD = refiner.class_embed(torch.cat((labels_B, null_B)))[: rows * len(labels_B)]
+    cache = refiner.new_cache()
+    hidden = refiner.step_hidden(refiner.start_tokens(cond_BD), cond_BD, cache)
+    for scale, inputs in enumerate(scale_inputs[:-1], start=1):
+        hidden = refiner.step_hidden(refiner.scale_tokens(scale, inputs).repeat(rows, 1, 1), cond_BD, cache)
+    return refiner, cond_BD, cache, hidden
 
 
 def _prunes(settings: SamplingSettings, k: int, num_scales: int) -> bool:
@@ -295,6 +322,7 @@ def generate(
     autocast_dtype: torch.dtype | None = None,
     trace: bool = False,
     on_scale: ScaleCallback | None = None,
+    refiner: VAR | None = None,
     **overrides,
 ) -> Generation:
     """Class-conditional images.
@@ -304,12 +332,12 @@ def generate(
     official sampler's defaults; keywords cfg=, top_k=, top_p=, more_smooth= override single fields.
     `autocast_dtype=torch.bfloat16` runs the transformer and decoder in bf16 (fp32 by default, for parity). `trace`
     keeps per-scale logits, drawn tokens, f̂ and next inputs; `on_scale(k, f_hat, token_map)` is called after each
-    scale (previews)."""
+    scale (previews). `refiner` with `handover_scale` = h: `model` drafts the scales before h, the refiner the rest."""
     settings = SamplingSettings.resolve(settings, **overrides)
     device = model.start_pos.device
     generator = make_generator(seed, device)
     labels_B = resolve_labels(labels, model.num_classes, batch_size, device, generator)
     return sample_scales(
         model, tokenizer, labels_B, settings, generator=generator, autocast_dtype=autocast_dtype, trace=trace,
-        on_scale=on_scale,
+        on_scale=on_scale, refiner=refiner,
     )  # fmt: skip

@@ -26,6 +26,7 @@ class SamplingSettings:
     prune_ratio: float = 0.0  # skip this fraction of tokens at the largest scales (FastVAR-style speed-up; 0: off)
     prune_scales: int = 2  # how many of the largest scales prune_ratio applies to
     guidance_scales: int = 0  # guide only the first this many scales, then drop the unconditional rows (0: all)
+    handover_scale: int = 0  # with a refiner model, the scale from which it takes over from the drafter (0: never)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cfg) and self.cfg >= 0):

@@ -106,3 +106,14 @@ def test_from_pretrained_needs_both_parts(tmp_path):
 
 def vars_of(settings) -> dict:
     return {"cfg": settings.cfg, "top_k": settings.top_k, "top_p": settings.top_p, "more_smooth": settings.more_smooth}
+
+
+def test_a_pipeline_with_a_refiner_hands_over_at_the_settings_scale(make_debug_pair):
+    from nextscale import Pipeline, generate
+
+    tokenizer, drafter = make_debug_pair(0)
+    _, refiner = make_debug_pair(1)
+    pipe = Pipeline(tokenizer, drafter, "fid", refiner=refiner)
+    direct = generate(drafter, tokenizer, [0, 3], "fid", seed=2, refiner=refiner, handover_scale=2)
+    assert torch.equal(pipe.generate([0, 3], seed=2, handover_scale=2), direct.images)
+    assert not torch.equal(pipe.generate([0, 3], seed=2), direct.images)  # handover_scale 0: the drafter alone

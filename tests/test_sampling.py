@@ -328,3 +328,31 @@ def test_guidance_scales_combines_with_pruning_and_is_validated(debug_models):
     for bad in (-1, 1.5, True):
         with pytest.raises(UsageError, match="guidance_scales"):
             SamplingSettings(guidance_scales=bad)
+
+
+# ---- collaborative decoding: a drafter and a refiner ----------------------------------------------------------------
+
+
+def test_a_refiner_that_is_the_drafter_draws_the_single_models_tokens(debug_models):
+    tokenizer, model = debug_models
+    K = model.schedule.num_scales
+    exact = generate(model, tokenizer, [1, 2, 3], cfg=2.0, top_k=5, seed=4, trace=True)
+    for handover in range(1, K):
+        same = generate(model, tokenizer, [1, 2, 3], cfg=2.0, top_k=5, seed=4, trace=True, refiner=model,
+                        handover_scale=handover)  # fmt: skip
+        assert all(torch.equal(a, b) for a, b in zip(exact.token_maps, same.token_maps)), handover
+        assert all(torch.equal(a, b) for a, b in zip(exact.trace["logits"], same.trace["logits"])), handover
+
+
+def test_the_refiner_draws_the_scales_from_the_handover_on(make_debug_pair):
+    tokenizer, drafter = make_debug_pair(0)
+    _, refiner = make_debug_pair(1)
+    K = drafter.schedule.num_scales
+    alone = generate(drafter, tokenizer, [1, 2], cfg=1.0, seed=3, trace=True)
+    refined = generate(drafter, tokenizer, [1, 2], cfg=1.0, seed=3, trace=True, refiner=refiner, handover_scale=2)
+    assert all(torch.equal(a, b) for a, b in zip(alone.trace["logits"][:2], refined.trace["logits"][:2]))
+    assert not any(torch.equal(a, b) for a, b in zip(alone.trace["logits"][2:], refined.trace["logits"][2:]))
+    # with guidance stopped before the handover, the refiner's cache has one row per image
+    out = generate(drafter, tokenizer, [1, 2], cfg=1.0, seed=3, refiner=refiner, handover_scale=K - 1,
+                   guidance_scales=1)  # fmt: skip
+    assert torch.isfinite(out.images).all()
