@@ -158,3 +158,20 @@ def test_sample_set_refuses_to_resume_with_another_batch_size(files, tmp_path, c
     with pytest.raises(SystemExit):
         main(_sample_set(files, out, "--per-class", "1", "--classes", "0-1", "--batch-size", "1"))
     assert "made with other settings (batch_size: 2 → 1)" in capsys.readouterr().err
+
+
+def test_sample_with_a_refiner_hands_over_at_the_given_scale(tmp_path, make_debug_pair):
+    """`nextscale sample --model A --refiner B --handover-scale 2`: A drafts the first two scales, B draws the rest;
+    without --handover-scale the refiner is never used."""
+    from nextscale import cli, save_pretrained
+
+    tokenizer, drafter = make_debug_pair(0)
+    _, refiner = make_debug_pair(1)
+    save_pretrained(tmp_path / "a", tokenizer, drafter)
+    save_pretrained(tmp_path / "b", tokenizer, refiner)
+    base = ["sample", "--model", str(tmp_path / "a"), "--class", "1", "--seed", "0", "--preset", "fid"]
+    for name, extra in (("alone", []), ("refined", ["--refiner", str(tmp_path / "b"), "--handover-scale", "2"]),
+                        ("unused", ["--refiner", str(tmp_path / "b")])):  # fmt: skip
+        assert cli.main([*base, *extra, "--out", str(tmp_path / f"{name}.png")]) == 0
+    pictures = {name: (tmp_path / f"{name}.png").read_bytes() for name in ("alone", "refined", "unused")}
+    assert pictures["alone"] == pictures["unused"] != pictures["refined"]

@@ -171,6 +171,11 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae", help="official tokenizer checkpoint (vae_ch160v4096z32.pth) or 'vqvae' to download")
     group.add_argument("--var", help="official transformer checkpoint (var_d16.pth …) or a name like var-d16")
     group.add_argument("--num-heads", type=int, help="heads of an official plain-attention checkpoint")
+    group.add_argument(
+        "--refiner",
+        help="a second model directory on the same tokenizer that draws the scales from --handover-scale on "
+        "(collaborative decoding: the --model drafts the small scales)",
+    )
     group.add_argument("--device", help=DEVICE_HELP)
     group.add_argument("--bf16", action="store_true", help="run the transformer and decoder under bf16 autocast")
     group.add_argument(
@@ -257,4 +262,20 @@ def load_pipeline(args):
         source = f"official: {args.vae} + {args.var}"
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     settings = sampling_settings(args) if hasattr(args, "preset") else "demo"
-    return Pipeline(tokenizer, model, settings, class_names=classes, dtype=dtype, source=str(source), fast=args.fast)
+    refiner = None
+    if getattr(args, "refiner", None):
+        from nextscale.pretrained import from_pretrained
+
+        _, refiner = from_pretrained(args.refiner, args.device)
+        if refiner is None:
+            raise UsageError(f"--refiner {args.refiner}: it holds no transformer/")
+    return Pipeline(
+        tokenizer,
+        model,
+        settings,
+        class_names=classes,
+        dtype=dtype,
+        source=str(source),
+        fast=args.fast,
+        refiner=refiner,
+    )
