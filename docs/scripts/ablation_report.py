@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
 from nextscale.experiments.ablation_report import cost_table, curve_slopes, markdown_table, plot_curves, summarize
+from nextscale.marked_sections import replace_marked_sections
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "ablation.json"
@@ -48,13 +48,7 @@ SECTIONS = {"table": markdown_table, "costs": cost_table, "verdicts": verdicts, 
 
 def render(document: str, data: dict) -> str:
     """`document` with every marked section replaced by what the data gives."""
-    for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- ablation:{name} -->\n).*?(<!-- /ablation:{name} -->)", re.S)
-        if not pattern.search(document):
-            raise SystemExit(f"{DOCUMENT}: no <!-- ablation:{name} --> … <!-- /ablation:{name} --> section")
-        text = make(data)
-        document = pattern.sub(lambda m, text=text: m.group(1) + text + m.group(2), document)
-    return document
+    return replace_marked_sections(document, "ablation", {name: make(data) for name, make in SECTIONS.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

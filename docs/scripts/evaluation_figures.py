@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from nextscale.marked_sections import replace_marked_sections
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "evaluation" / "fmnist"
@@ -126,13 +127,7 @@ SECTIONS = {"floor": floor, "model": model, "sweep": sweep}
 
 
 def render(document: str, sets: dict[str, dict]) -> str:
-    for name, make in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- evaluation:{name} -->\n).*?(<!-- /evaluation:{name} -->)", re.S)
-        if not pattern.search(document):
-            raise SystemExit(f"{DOCUMENT}: no <!-- evaluation:{name} --> … <!-- /evaluation:{name} --> section")
-        text = make(sets)
-        document = pattern.sub(lambda m, text=text: m.group(1) + text + m.group(2), document)
-    return document
+    return replace_marked_sections(document, "evaluation", {name: make(sets) for name, make in SECTIONS.items()})
 
 
 def main(argv: list[str] | None = None) -> int:

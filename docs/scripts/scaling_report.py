@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
+from nextscale.marked_sections import replace_marked_sections
 from nextscale.scaling.analysis import curves_from_runs, scaling_fits
 
 DOCS = Path(__file__).resolve().parents[1]
@@ -99,12 +99,7 @@ def residuals_table(fits: list[dict]) -> str:
 
 def render(document: str, runs: list[dict], fits: list[dict]) -> str:
     sections = {"runs": runs_table(runs), "fits": fits_table(fits), "residuals": residuals_table(fits)}
-    for name, text in sections.items():
-        pattern = re.compile(rf"(<!-- scaling:{name} -->\n).*?(<!-- /scaling:{name} -->)", re.S)
-        if not pattern.search(document):
-            raise SystemExit(f"{DOCUMENT}: no <!-- scaling:{name} --> … <!-- /scaling:{name} --> section")
-        document = pattern.sub(lambda m, text=text: m.group(1) + text + m.group(2), document)
-    return document
+    return replace_marked_sections(document, "scaling", sections)
 
 
 def import_sweep(sweep: Path, data: Path) -> None:
