@@ -27,6 +27,7 @@ from nextscale.config_io import config_from_dict, config_to_dict
 from nextscale.model.config import VARConfig
 from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
+from nextscale.sampling_settings import SamplingSettings
 from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
 from nextscale.weights import CheckpointError, load_strict, read_safetensors, require_finite, write_safetensors
@@ -219,8 +220,6 @@ def read_metadata(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{file}: classes must be a list of class names, got {json.dumps(classes)[:60]}")
     sampling = meta.get(SAMPLING_KEY)
     if sampling is not None:
-        from nextscale.sampling import SamplingSettings  # the sampler's module: only when a model records settings
-
         fields = set(SamplingSettings.__dataclass_fields__)
         if not isinstance(sampling, dict) or not set(sampling) <= fields:
             raise CheckpointError(f"{file}: {SAMPLING_KEY} must be an object of {sorted(fields)}, got {sampling!r:.80}")
@@ -234,8 +233,6 @@ def read_metadata(directory: str | os.PathLike) -> dict:
 def recorded_sampling(directory: str | os.PathLike):
     """The sampling settings a model directory records as its default (`"sampling"` in nextscale.json, chosen when
     the model was evaluated), or None."""
-    from nextscale.sampling import SamplingSettings
-
     sampling = read_metadata(directory).get(SAMPLING_KEY)
     return SamplingSettings(**sampling) if sampling is not None else None
 

@@ -10,6 +10,13 @@ from dataclasses import dataclass, fields, replace
 from nextscale.errors import UnknownNameError, UsageError
 
 
+def _require_count(name: str, value, minimum: int, meaning: str = "") -> None:
+    """An integer setting (not a bool) of at least `minimum`, or a UsageError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        note = f" ({meaning})" if meaning else ""
+        raise UsageError(f"{name} must be an integer ≥ {minimum}{note}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How the next-scale sampler draws tokens. One object travels from the CLI or the pipeline to the sampler.
@@ -31,20 +38,14 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cfg) and self.cfg >= 0):
             raise UsageError(f"cfg must be a finite number ≥ 0 (0 disables guidance), got {self.cfg}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise UsageError(f"top_k must be an integer ≥ 0 (0 keeps every token), got {self.top_k!r}")
+        _require_count("top_k", self.top_k, 0, "0 keeps every token")
         if not 0.0 <= self.top_p <= 1.0:
             raise UsageError(f"top_p must be in [0, 1] (0 keeps every token), got {self.top_p}")
         if not 0.0 <= self.prune_ratio < 1.0:
             raise UsageError(f"prune_ratio must be in [0, 1) (0: no pruning), got {self.prune_ratio}")
-        if isinstance(self.prune_scales, bool) or not isinstance(self.prune_scales, int) or self.prune_scales < 1:
-            raise UsageError(f"prune_scales must be a positive integer, got {self.prune_scales!r}")
-        if (
-            isinstance(self.guidance_scales, bool)
-            or not isinstance(self.guidance_scales, int)
-            or self.guidance_scales < 0
-        ):
-            raise UsageError(f"guidance_scales must be an integer ≥ 0 (0: every scale), got {self.guidance_scales!r}")
+        _require_count("prune_scales", self.prune_scales, 1)
+        _require_count("guidance_scales", self.guidance_scales, 0, "0: every scale")
+        _require_count("handover_scale", self.handover_scale, 0, "0: no handover")
 
     @classmethod
     def preset(cls, name: str) -> SamplingSettings:

@@ -46,6 +46,8 @@ def test_the_tables_come_from_the_records_and_check_notices_a_change(tmp_path: P
     assert figures.main([*argv, "--check"]) == 1
 
 
-@pytest.mark.skipif(not (DOCS / "data" / "evaluation" / "fmnist").is_dir(), reason="not recorded yet")
+@pytest.mark.skipif(
+    not (DOCS / "data" / "evaluation" / "fmnist").is_dir(), reason="docs/data/evaluation/fmnist not recorded"
+)
 def test_docs_evaluation_md_is_what_its_data_gives():
     assert load_docs_script("evaluation_figures").main(["--check"]) == 0

@@ -328,6 +328,8 @@ def test_guidance_scales_combines_with_pruning_and_is_validated(debug_models):
     for bad in (-1, 1.5, True):
         with pytest.raises(UsageError, match="guidance_scales"):
             SamplingSettings(guidance_scales=bad)
+        with pytest.raises(UsageError, match="handover_scale"):
+            SamplingSettings(handover_scale=bad)
 
 
 # ---- collaborative decoding: a drafter and a refiner ----------------------------------------------------------------

@@ -203,7 +203,7 @@ def score_samples(config: AblationConfig, samples: Path, progress: bool = True) 
     return {k: quality[k] for k in QUALITY_KEYS}
 
 
-def test_loss(config: AblationConfig, pipe, progress: bool = True) -> float:
+def teacher_forced_test_loss(config: AblationConfig, pipe, progress: bool = True) -> float:
     """Teacher-forced loss of the model over the whole test split (mean over tokens)."""
     test = DataConfig(**{**asdict(config.data), "hflip": False}).build("test")
     return evaluate_transformer(pipe.model, pipe.tokenizer, test, progress=progress)["L_mean"]
@@ -323,7 +323,7 @@ def row_records(config: AblationConfig, results: Results, progress: bool = True)
                 if results.find("records", row=row.name, train_seed=train_seed, sample_seed=sample_seed):
                     continue
                 pipe = pipe or load_pipeline(config, row.model, train_seed)
-                loss = loss if loss is not None else test_loss(config, pipe, progress)
+                loss = loss if loss is not None else teacher_forced_test_loss(config, pipe, progress)
                 path = out / "samples" / f"{_slug(row.name)}-train{train_seed}-sample{sample_seed}.npz"
                 class_balanced_npz(pipe, config.settings(row), config.samples_per_class, config.sample_batch_size,
                               sample_seed, path, progress, f"{row.name} seed {train_seed}/{sample_seed}")  # fmt: skip
@@ -348,9 +348,10 @@ def curve_records(config: AblationConfig, results: Results, progress: bool = Tru
                               path, progress, f"{row.name} seed {train_seed} step {step}")  # fmt: skip
                 quality = score_samples(config, path, progress)
                 images = step * config.batch_size
+                loss = teacher_forced_test_loss(config, pipe, progress)
                 results.add("curves", {"row": row.name, "model": row.model, "train_seed": train_seed, "step": step,
                                        "train_images": images, "train_pflops": images * per_image / 1e15,
-                                       **quality, "test_loss": test_loss(config, pipe, progress)})  # fmt: skip
+                                       **quality, "test_loss": loss})  # fmt: skip
 
 
 def tokenizer_floor(config: AblationConfig, tokenizer: str, progress: bool = True) -> dict:
