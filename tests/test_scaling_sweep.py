@@ -48,6 +48,15 @@ def test_a_two_size_sweep_trains_fits_plots_and_resumes(tmp_path: Path, capsys):
     assert {run: (out / run / "metrics.jsonl").stat().st_mtime_ns for run in names} == before
     assert "L_last" in capsys.readouterr().out
 
+    # on another machine: the recorded runs count as finished, only the missing one trains, the report fits all
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps([r for r in runs if r["name"] != "d2-seed1"]))
+    elsewhere = tmp_path / "elsewhere"
+    assert cli.main([*argv[:4], str(elsewhere), *argv[5:], "--recorded", str(recorded)]) == 0
+    assert [r["name"] for r in json.loads((elsewhere / "runs.json").read_text())] == names
+    assert (elsewhere / "d2-seed1" / "metrics.jsonl").is_file()
+    assert [p.parent.name for p in elsewhere.glob("d*/metrics.jsonl")] == ["d2-seed1"]
+
 
 def test_evaluation_steps_are_evenly_spread_and_end_at_the_last_step():
     from nextscale.experiments.scaling_config import SweepConfig

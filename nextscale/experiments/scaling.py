@@ -8,7 +8,9 @@ evaluated at regular compute points, then fitted with the paper's power laws.
       fits.json              each metric against N and C_min: α, β, Pearson r, the points, residuals, α's interval
       loss_vs_parameters.png, loss_vs_compute.png    the paper's Fig. 5 and Fig. 6
 
-Every run is resumable, so rerunning the sweep continues where it stopped and skips finished runs. Sizes follow
+Every run is resumable, so rerunning the sweep continues where it stopped and skips finished runs; with `recorded`
+(a runs.json kept elsewhere, e.g. docs/data/scaling/runs.json) the runs it holds count as finished too, so a sweep
+spread over several machines trains each run once and the report fits them all. Sizes follow
 the paper's rule (width 64·depth, one 64-wide head per 64 channels) unless `width_per_depth` says otherwise; every
 size trains once per seed. Each run trains `evaluations × spacing` steps, spacing = round(images / batch /
 evaluations), and is evaluated after every `spacing` steps, so the points are evenly spread and the last is the final
@@ -160,8 +162,12 @@ def train_runs(config: SweepConfig, progress: bool = True) -> None:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+    recorded = {run["name"] for run in config.recorded_runs()}
     for depth, seed in config_runs(config):
         job = training_job(config, depth, seed, progress)
+        if run_name(depth, seed) in recorded and not _finished(job.directory, config.steps):
+            logger.info("%s: recorded in %s, not trained again", run_name(depth, seed), config.recorded)
+            continue
         if _finished(job.directory, config.steps):
             logger.info("%s: finished earlier (%s)", run_name(depth, seed), job.directory)
             continue
@@ -239,6 +245,9 @@ def report(config: SweepConfig, token_space: TokenSpace, num_classes: int) -> di
 
     out = Path(config.output_dir)
     runs = run_records(config, token_space, num_classes)
+    trained_here = {run["name"] for run in runs}
+    runs += [run for run in config.recorded_runs() if run["name"] not in trained_here]
+    runs.sort(key=lambda run: (run["depth"], run["seed"]))
     if len(runs) < 2:
         raise UsageError(f"{out}: fits need at least two finished runs, found {len(runs)}")
     (out / "runs.json").write_text(json.dumps(runs, indent=1) + "\n")

@@ -5,7 +5,9 @@ Kept apart from the code that runs the sweep and free of torch, so that `nextsca
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nextscale.data.config import DataConfig
 from nextscale.errors import UsageError
@@ -27,6 +29,7 @@ class SweepConfig:
     eval_images: int = 2048  # validation images per evaluation point (a multiple of batch_size)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (bf16 only where the hardware has it)
     seeds: tuple[int, ...] = (0,)  # every size trains once per seed
+    recorded: str = ""  # a runs.json (e.g. docs/data/scaling/runs.json) whose runs of this sweep count as finished
     data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist", image_size=32))
 
     def __post_init__(self) -> None:
@@ -65,6 +68,19 @@ class SweepConfig:
     def evaluation_steps(self) -> list[int]:
         """The steps evaluated: every `spacing` steps, the last one the final step."""
         return [self.spacing * (i + 1) for i in range(self.evaluations)]
+
+    def recorded_runs(self) -> list[dict]:
+        """The runs of `recorded` that belong to this sweep (same name, width, steps and images): on a machine that
+        lacks their folders they are not trained again, and the report fits them with the runs trained here."""
+        if not self.recorded:
+            return []
+        path = Path(self.recorded)
+        if not path.is_file():
+            raise UsageError(f"recorded {path}: no such file (a runs.json written by the sweep or the scaling report)")
+        wanted = {(f"d{d}-seed{s}", self.width_per_depth * d) for d in self.depths for s in self.seeds}
+        return [run for run in json.loads(path.read_text())
+                if (run["name"], run["width"]) in wanted and run["steps"] == self.steps
+                and run["images"] == self.steps * self.batch_size]  # fmt: skip
 
     def model_overrides(self, depth: int) -> dict:
         width = self.width_per_depth * depth
