@@ -91,7 +91,7 @@ def test_a_step_counts_as_a_gain_only_beyond_the_seed_spread():
     assert "10.05 ± 0.34" in markdown_table(data)
 
 
-def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp_path: Path):
+def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp_path: Path, capsys):
     pytest.importorskip("torch_fidelity", reason="evaluation needs torch-fidelity (pip install 'nextscale[eval]')")
     torch.manual_seed(0)
     multi = save_pretrained(tmp_path / "tok", tokenizer=Tokenizer(tokenizer_preset("debug")))
@@ -101,7 +101,8 @@ def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp
     np.savez(tmp_path / "reference.npz", arr_0=reference)
     out = tmp_path / "ablation"
     argv = ["ablation", "--out", str(out), "--tokenizer", str(multi), "--raster-tokenizer", str(single),
-            "--base-preset", "debug", "--rows", "AR,AR → VAR,+ attn. norm.", "--images", "32", "--batch-size", "8",
+            "--base-preset", "debug", "--large-preset", "debug", "--rows", "AR,AR → VAR,+ attn. norm.",
+            "--images", "32", "--batch-size", "8",
             "--train-seeds", "0", "--sample-seeds", "0_1", "--curve-points", "2", "--samples-per-class", "3",
             "--sample-batch-size", "16", "--timing-batch", "4", "--timing-repeats", "1",
             "--reference", str(tmp_path / "reference.npz"), "--data", "procedural", "--image-size", "8",
@@ -127,6 +128,27 @@ def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp
     assert cli.main(argv) == 0  # the rerun trains, samples and scores nothing again
     assert {p: p.stat().st_mtime_ns for p in trained} == trained
     assert json.loads((out / "ablation.json").read_text())["records"] == data["records"]
+
+    # on another machine: the recorded models are not trained again; the scale-up row samples a stand-in model
+    elsewhere = tmp_path / "elsewhere"
+    stand_in = out / "runs" / "var-full" / "seed0" / "model"  # debug, AdaLN and attention norm.: as var-large
+    more = [*argv[:2], str(elsewhere), *argv[3:], "--recorded", str(out / "ablation.json"), "--large-model",
+            str(stand_in), "--rows", "AR,AR → VAR,+ attn. norm.,+ scale up"]  # fmt: skip
+    assert cli.main(more) == 0
+    moved = json.loads((elsewhere / "ablation.json").read_text())
+    assert not list(elsewhere.glob("runs/*/seed0/metrics.jsonl"))  # nothing trained here
+    assert [r for r in moved["records"] if r["row"] != "+ scale up"] == [
+        {**r, **{k: moved["costs"][r["row"]][k] for k in ("latency_ms_batch1", "images_per_s_batch100")}}
+        for r in data["records"]
+    ]  # the recorded ones, carrying this machine's timings
+    assert sorted(r["sample_seed"] for r in moved["records"] if r["row"] == "+ scale up") == [0, 1]
+    assert set(moved["costs"]) == {*rows, "+ scale up"}
+    other_budget = [*argv[:2], str(tmp_path / "other"), *argv[3:], "--recorded", str(out / "ablation.json")]
+    other_budget[other_budget.index("--images") + 1] = "40"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(other_budget)  # records made with other settings are not mixed in
+    assert "made with other settings (images)" in capsys.readouterr().err
 
 
 def test_the_report_script_rewrites_only_the_marked_sections_and_checks_them(tmp_path: Path):

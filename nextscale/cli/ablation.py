@@ -68,7 +68,8 @@ def print_plan(runs: list[dict]) -> None:
     )
     for r in runs:
         print(f"{r['model']:10} {r['seed']:4d} {r['parameters']:10,d} {r['images']:8d} {r['pflops']:7.3f} "
-              f"{r['train_minutes']:9.1f} {r['evaluation_samples']:12,d}")  # fmt: skip
+              f"{r['train_minutes']:9.1f} {r['evaluation_samples']:12,d}"
+              + ("  (--large-model stands in: not trained)" if r["stand_in"] else ""))  # fmt: skip
     total = sum(r["train_minutes"] for r in runs)
     print(
         f"{len(runs)} training runs, {total / 60:.1f} h of training on this machine (measured one step each), "

@@ -16,6 +16,14 @@ training images, and tokenizers trained for the same number of steps. Rows that 
 trained model. Every model trains `train_seeds` times (the scale-up model `large_train_seeds` times) and every
 trained model is sampled with every one of `sample_seeds`; the table reports mean ± sd over all of them.
 
+Models are trained and scored one at a time (every model's first training seed, then every model's second), and
+each one's records land in ablation.json before the next trains, so the ablation can be spread over several machines:
+`recorded` names an ablation.json made elsewhere (docs/data/ablation.json) whose scored models are not trained again.
+`large_model` names a model directory that stands in for the scale-up model's first training seed instead of training
+it (the shipped `fmnist` is the last weights of exactly that run); it must have the scale-up model's configuration.
+Costs are timed on the models built from their configurations with initial weights (sampling's arithmetic does not
+depend on the weights), so they need no trained run on the machine that times them.
+
 Along training, the checkpoints of the curve models are kept and scored (FID of `samples_per_class` × classes
 samples, test loss on the whole test split) at `curve_points` evenly spaced steps. Inference cost is measured at the
 end with the rows interleaved: latency of one image (batch 1) and throughput at batch `timing_batch`, best of
@@ -33,7 +41,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +49,7 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from nextscale.data.build import DataConfig
+from nextscale.errors import UsageError
 from nextscale.eval.metrics import evaluate_transformer
 from nextscale.eval.sample_set import class_balanced_npz
 from nextscale.experiments.ablation_config import CURVE_ROWS, MODELS, AblationConfig, model_overrides
@@ -54,6 +63,7 @@ from nextscale.pipeline import Pipeline
 from nextscale.pretrained import load_tokenizer
 from nextscale.sampling import SamplingSettings
 from nextscale.token_space import TokenSpace
+from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.var_task import next_token_loss, teacher_forced_loss
 
 logger = logging.getLogger(__name__)
@@ -94,14 +104,14 @@ def training_job(config: AblationConfig, key: str, seed: int, progress: bool = T
     )
 
 
-def train_models(config: AblationConfig, progress: bool = True) -> None:
-    """Train (or resume, or skip when exported) every model of the selected rows, every training seed."""
-    for key in config.model_keys():
-        for seed in config.seeds(key):
-            job = training_job(config, key, seed, progress)
-            if not job.exported:
-                logger.info("ablation: training %s seed %d (%d steps)", key, seed, job.loop.steps)
-                job.run()
+def train_model(config: AblationConfig, key: str, seed: int, progress: bool = True) -> None:
+    """Train (or resume, or skip when exported) model `key` with training seed `seed`."""
+    if config.stands_in(key, seed):
+        return
+    job = training_job(config, key, seed, progress)
+    if not job.exported:
+        logger.info("ablation: training %s seed %d (%d steps)", key, seed, job.loop.steps)
+        job.run()
 
 
 def model_config(config: AblationConfig, key: str, num_classes: int):
@@ -139,11 +149,12 @@ def plan(config: AblationConfig, probe: bool = True) -> list[dict]:
             seconds = _time_a_training_step(model, tokenizer, config.batch_size)
         samples = len(config.sample_seeds) * rows_per_model[key] + (config.curve_points if key in curve_models else 0)
         for seed in config.seeds(key):
+            stand_in = config.stands_in(key, seed)
             plans.append({
-                "model": key, "seed": seed, "parameters": parameters(built, space),
+                "model": key, "seed": seed, "parameters": parameters(built, space), "stand_in": stand_in,
                 "steps": config.steps, "images": config.steps * config.batch_size,
                 "pflops": config.steps * config.batch_size * per_image / 1e15,
-                "train_minutes": None if seconds is None else seconds * config.steps / 60,
+                "train_minutes": None if seconds is None else 0.0 if stand_in else seconds * config.steps / 60,
                 "evaluation_samples": samples * config.samples_per_class * num_classes,
             })  # fmt: skip
     return plans
@@ -183,6 +194,13 @@ def _slug(name: str) -> str:
 def load_pipeline(config: AblationConfig, key: str, seed: int, step: int | None = None):
     """The exported model of a run, or (with `step`) its checkpoint at that step: the EMA weights where the run kept
     them, as the export does."""
+    if config.stands_in(key, seed):
+        if step is not None:
+            raise UsageError(f"{config.large_model} stands in for {key} seed {seed}: it has no checkpoints")
+        pipe = Pipeline.from_pretrained(config.large_model)
+        if pipe.model.config != model_config(config, key, pipe.num_classes):
+            raise UsageError(f"--large-model {config.large_model} is not a {config.large_preset} model as {key} is")
+        return pipe
     directory = run_directory(config, key, seed)
     pipe = Pipeline.from_pretrained(directory / "model")
     if step is not None:
@@ -268,9 +286,22 @@ def time_interleaved(samplers: dict, batch: int, repeats: int, latency_images: i
     return best
 
 
-def measure_costs(config: AblationConfig) -> dict[str, dict]:
-    """Every row's latency, throughput and sampling FLOPs per image, the rows interleaved (training seed 0 models)."""
-    pipes = {key: load_pipeline(config, key, config.seeds(key)[0]) for key in config.model_keys()}
+def untrained_pipeline(config: AblationConfig, key: str, num_classes: int) -> Pipeline:
+    """Model `key` and its tokenizer built from their configurations with seeded initial weights: the arithmetic of
+    sampling does not depend on the weights, so the costs are measured on these (on any machine, trained or not)."""
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(Path(config.tokenizer) / "tokenizer")
+    built = model_config(config, key, num_classes)
+    if MODELS[key].architecture == "raster":
+        one_scale = replace(tokenizer.config, patch_nums=(tokenizer.config.patch_nums[-1],), num_phis=1)
+        tokenizer = Tokenizer(one_scale)
+        return Pipeline(tokenizer=tokenizer, model=RasterTransformer(built, token_spaces(config)["raster"]))
+    return Pipeline(tokenizer=tokenizer, model=VAR(built, tokenizer.token_space))
+
+
+def measure_costs(config: AblationConfig, num_classes: int) -> dict[str, dict]:
+    """Every row's latency, throughput and sampling FLOPs per image, the rows interleaved (`untrained_pipeline`)."""
+    pipes = {key: untrained_pipeline(config, key, num_classes) for key in config.model_keys()}
     samplers = {}
     for row in config.selected_rows:
         pipe, settings = pipes[row.model], config.settings(row)
@@ -289,6 +320,12 @@ def measure_costs(config: AblationConfig) -> dict[str, dict]:
 # ---- the whole ablation ----------------------------------------------------------------------------------------------
 
 
+# the settings that change what a record measures: records made with other values are not mixed with these
+RESULT_SETTINGS = ("base_preset", "large_preset", "images", "batch_size", "base_lr", "final_lr_ratio", "ema_decay",
+                   "top_k", "cfg", "samples_per_class", "curve_points", "reference", "data")  # fmt: skip
+RECORD_KEYS = {"records": ("row", "train_seed", "sample_seed"), "curves": ("row", "train_seed", "step")}
+
+
 class Results:
     """ablation.json: written after every finished piece, so an interrupted ablation resumes where it stopped."""
 
@@ -299,9 +336,26 @@ class Results:
             self.data.setdefault(name, [])
         self.data.setdefault("models", {})
         self.data.setdefault("costs", {})
+        self.data.setdefault("tokenizers", {})
 
     def find(self, table: str, **key) -> dict | None:
         return next((r for r in self.data[table] if all(r.get(k) == v for k, v in key.items())), None)
+
+    def adopt(self, recorded: Path, config: AblationConfig) -> None:
+        """Take the records, curve points, model facts and tokenizer floors of another ablation.json (made on
+        another machine, say) that this one lacks; refuse one made with other settings."""
+        other = json.loads(recorded.read_text())
+        mine = asdict(config)
+        differ = [k for k in RESULT_SETTINGS if k in other.get("config", {}) and other["config"][k] != mine[k]]
+        if differ:
+            raise UsageError(f"recorded {recorded}: made with other settings ({', '.join(differ)}); not mixed")
+        for table, keys in RECORD_KEYS.items():
+            for record in other.get(table, []):
+                if not self.find(table, **{k: record[k] for k in keys}):
+                    self.data[table].append(record)
+        for table in ("models", "tokenizers"):
+            self.data[table] = {**other.get(table, {}), **self.data[table]}
+        self.save()
 
     def add(self, table: str, record: dict) -> None:
         self.data[table].append(record)
@@ -313,45 +367,60 @@ class Results:
         partial.replace(self.path)
 
 
-def row_records(config: AblationConfig, results: Results, progress: bool = True) -> None:
-    """One record per (row, training seed, sampling seed): sample quality and the model's test loss."""
-    out = Path(config.output_dir)
-    for row in config.selected_rows:
-        for train_seed in config.seeds(row.model):
-            pipe, loss = None, None
-            for sample_seed in config.sample_seeds:
-                if results.find("records", row=row.name, train_seed=train_seed, sample_seed=sample_seed):
-                    continue
-                pipe = pipe or load_pipeline(config, row.model, train_seed)
-                loss = loss if loss is not None else teacher_forced_test_loss(config, pipe, progress)
-                path = out / "samples" / f"{_slug(row.name)}-train{train_seed}-sample{sample_seed}.npz"
-                class_balanced_npz(pipe, config.settings(row), config.samples_per_class, config.sample_batch_size,
-                              sample_seed, path, progress, f"{row.name} seed {train_seed}/{sample_seed}")  # fmt: skip
-                record = {"row": row.name, "model": row.model, "train_seed": train_seed, "sample_seed": sample_seed,
-                          **score_samples(config, path, progress), "test_loss": loss}  # fmt: skip
-                results.add("records", record)
+def model_rows(config: AblationConfig, key: str) -> list:
+    return [row for row in config.selected_rows if row.model == key]
 
 
-def curve_records(config: AblationConfig, results: Results, progress: bool = True) -> None:
-    """FID (sampling seed 0) and test loss of the curve rows' models at every curve step of every training seed."""
+def scored(config: AblationConfig, results: Results, key: str, seed: int) -> bool:
+    """Whether every record and curve point of model `key`, training seed `seed`, is in the results."""
+    rows = model_rows(config, key)
+    records = all(results.find("records", row=row.name, train_seed=seed, sample_seed=sample_seed)
+                  for row in rows for sample_seed in config.sample_seeds)  # fmt: skip
+    curves = all(results.find("curves", row=row.name, train_seed=seed, step=step)
+                 for row in rows if row.name in CURVE_ROWS for step in config.curve_steps)  # fmt: skip
+    return records and curves
+
+
+def row_records(config: AblationConfig, results: Results, key: str, train_seed: int, progress: bool = True) -> None:
+    """One record per (row, sampling seed) of model `key`, training seed `train_seed`: sample quality and the
+    model's test loss."""
     out = Path(config.output_dir)
-    rows = [row for row in config.selected_rows if row.name in CURVE_ROWS]
-    for row in rows:
+    for row in model_rows(config, key):
+        pipe, loss = None, None
+        for sample_seed in config.sample_seeds:
+            if results.find("records", row=row.name, train_seed=train_seed, sample_seed=sample_seed):
+                continue
+            pipe = pipe or load_pipeline(config, row.model, train_seed)
+            loss = loss if loss is not None else teacher_forced_test_loss(config, pipe, progress)
+            path = out / "samples" / f"{_slug(row.name)}-train{train_seed}-sample{sample_seed}.npz"
+            class_balanced_npz(pipe, config.settings(row), config.samples_per_class, config.sample_batch_size,
+                               sample_seed, path, progress, f"{row.name} seed {train_seed}/{sample_seed}")  # fmt: skip
+            record = {"row": row.name, "model": row.model, "train_seed": train_seed, "sample_seed": sample_seed,
+                      **score_samples(config, path, progress), "test_loss": loss}  # fmt: skip
+            results.add("records", record)
+
+
+def curve_records(config: AblationConfig, results: Results, key: str, train_seed: int, progress: bool = True) -> None:
+    """FID (sampling seed 0) and test loss of model `key`, training seed `train_seed`, at every curve step, where
+    one of its rows is a curve row."""
+    out = Path(config.output_dir)
+    for row in model_rows(config, key):
+        if row.name not in CURVE_ROWS:
+            continue
         per_image = results.data["models"][row.model]["training_flops_per_image"]
-        for train_seed in config.seeds(row.model):
-            for step in config.curve_steps:
-                if results.find("curves", row=row.name, train_seed=train_seed, step=step):
-                    continue
-                pipe = load_pipeline(config, row.model, train_seed, step)
-                path = out / "samples" / "curves" / f"{_slug(row.name)}-train{train_seed}-step{step}.npz"
-                class_balanced_npz(pipe, config.settings(row), config.samples_per_class, config.sample_batch_size, 0,
-                              path, progress, f"{row.name} seed {train_seed} step {step}")  # fmt: skip
-                quality = score_samples(config, path, progress)
-                images = step * config.batch_size
-                loss = teacher_forced_test_loss(config, pipe, progress)
-                results.add("curves", {"row": row.name, "model": row.model, "train_seed": train_seed, "step": step,
-                                       "train_images": images, "train_pflops": images * per_image / 1e15,
-                                       **quality, "test_loss": loss})  # fmt: skip
+        for step in config.curve_steps:
+            if results.find("curves", row=row.name, train_seed=train_seed, step=step):
+                continue
+            pipe = load_pipeline(config, row.model, train_seed, step)
+            path = out / "samples" / "curves" / f"{_slug(row.name)}-train{train_seed}-step{step}.npz"
+            class_balanced_npz(pipe, config.settings(row), config.samples_per_class, config.sample_batch_size, 0,
+                               path, progress, f"{row.name} seed {train_seed} step {step}")  # fmt: skip
+            quality = score_samples(config, path, progress)
+            images = step * config.batch_size
+            loss = teacher_forced_test_loss(config, pipe, progress)
+            results.add("curves", {"row": row.name, "model": row.model, "train_seed": train_seed, "step": step,
+                                   "train_images": images, "train_pflops": images * per_image / 1e15,
+                                   **quality, "test_loss": loss})  # fmt: skip
 
 
 def tokenizer_floor(config: AblationConfig, tokenizer: str, progress: bool = True) -> dict:
@@ -364,30 +433,28 @@ def tokenizer_floor(config: AblationConfig, tokenizer: str, progress: bool = Tru
 
 
 def run_ablation(config: AblationConfig, progress: bool = True) -> dict:
-    """Train every model, then score every row, the curves and the costs into <out>/ablation.json; returns its data."""
+    """Train and score every model in turn (its records and curve points land in <out>/ablation.json before the next
+    model trains), then time the rows; returns the data. Models `recorded` elsewhere are not trained again."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train_models(config, progress)
     results = Results(out / "ablation.json")
+    if config.recorded:
+        results.adopt(Path(config.recorded), config)
     results.data["config"] = asdict(config)
-    floors = results.data.setdefault("tokenizers", {})
-    needs_raster = any(MODELS[key].architecture == "raster" for key in config.model_keys())
-    for name, path in (
-        ("multi-scale", config.tokenizer),
-        ("one-scale", config.raster_tokenizer if needs_raster else None),
-    ):
-        if path is not None and name not in floors and config.reference.startswith("fashion-mnist"):
-            floors[name] = tokenizer_floor(config, path, progress)
-            results.save()
-    for key in config.model_keys():
-        if key not in results.data["models"]:
-            num_classes = load_pipeline(config, key, config.seeds(key)[0]).num_classes
-            results.data["models"][key] = model_facts(config, key, num_classes)
-            results.save()
-    row_records(config, results, progress)
-    curve_records(config, results, progress)
+    num_classes = config.data.build("train").num_classes
+    _record_floor(config, results, "multi-scale", config.tokenizer, progress)
+    for key, seed in config.training_order():
+        if scored(config, results, key, seed):
+            logger.info("ablation: %s seed %d is scored already", key, seed)
+            continue
+        if MODELS[key].architecture == "raster":
+            _record_floor(config, results, "one-scale", config.raster_tokenizer, progress)
+        train_model(config, key, seed, progress)
+        results.data["models"].setdefault(key, model_facts(config, key, num_classes))
+        row_records(config, results, key, seed, progress)
+        curve_records(config, results, key, seed, progress)
     if not results.data["costs"]:
-        results.data["costs"] = measure_costs(config)
+        results.data["costs"] = measure_costs(config, num_classes)
         results.save()
     for record in results.data["records"]:  # each record carries its model's facts and its row's cost
         facts, cost = results.data["models"][record["model"]], results.data["costs"][record["row"]]
@@ -395,3 +462,10 @@ def run_ablation(config: AblationConfig, progress: bool = True) -> dict:
         record.update({k: cost[k] for k in ("latency_ms_batch1", "images_per_s_batch100")})
     results.save()
     return results.data
+
+
+def _record_floor(config: AblationConfig, results: Results, name: str, tokenizer: str, progress: bool) -> None:
+    floors = results.data["tokenizers"]
+    if name not in floors and config.reference.startswith("fashion-mnist"):
+        floors[name] = tokenizer_floor(config, tokenizer, progress)
+        results.save()

@@ -81,7 +81,7 @@ class AblationConfig:
     batch_size: int = 64
     base_lr: float = 4e-3  # per 256 images
     final_lr_ratio: float = 0.1
-    ema_decay: float = 0.998  # EMA of the weights, exported and scored (0: the raw weights)
+    ema_decay: float = 0.0  # EMA of the weights, exported and scored (0: the raw weights, as the shipped model's)
     precision: str = "fp32"  # of the base rows: fp32 | bf16 (bf16 only where the hardware has it)
     large_precision: str = "auto"  # of the scale-up model (auto: bf16 where the hardware multiplies in it)
     train_seeds: tuple[int, ...] = (0, 1)  # every base model trains once per seed
@@ -96,6 +96,8 @@ class AblationConfig:
     timing_repeats: int = 3  # interleaved rounds; the best of them is kept
     reference: str = "fashion-mnist:test"  # the real images FID is measured against (or a folder / an .npz)
     rows: tuple[str, ...] = tuple(row.name for row in ROWS)  # which rows to run (AR is needed: costs are relative)
+    large_model: str = ""  # a model directory standing in for the scale-up run's training seed 0 (not trained)
+    recorded: str = ""  # an ablation.json (e.g. docs/data/ablation.json) whose finished models are not trained again
     data: DataConfig = field(default_factory=lambda: DataConfig(name="fashion-mnist", image_size=32))
 
     def __post_init__(self) -> None:
@@ -137,6 +139,17 @@ class AblationConfig:
     def model_keys(self) -> list[str]:
         needed = {row.model for row in self.selected_rows}
         return [key for key in MODELS if key in needed]
+
+    def training_order(self) -> list[tuple[str, int]]:
+        """(model, training seed) of every model: every model's first seed, then every model's second, …, so that an
+        ablation cut short has one of each model before it has two of any."""
+        keys = self.model_keys()
+        most = max(len(self.seeds(key)) for key in keys)
+        return [(key, self.seeds(key)[i]) for i in range(most) for key in keys if i < len(self.seeds(key))]
+
+    def stands_in(self, key: str, seed: int) -> bool:
+        """Whether `large_model` is this model (the scale-up model's first training seed) instead of a trained run."""
+        return bool(self.large_model) and MODELS[key].large and seed == self.seeds(key)[0]
 
 
 def model_overrides(config: AblationConfig, key: str) -> dict:
