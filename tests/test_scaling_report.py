@@ -41,27 +41,29 @@ def test_the_report_fits_each_budget_from_runs_json_and_checks_the_document(tmp_
     runs = _runs(3_000_000, range(1, 6), (0, 1), 1.0) + _runs(9_000_000, range(1, 5), (0,), 3.0)
     (data / "runs.json").write_text(json.dumps(runs))
     document = tmp_path / "scaling.md"
-    sections = ("runs", "fits", "residuals")
+    sections = ("runs", "fits", "residuals", "budgets")
     document.write_text("".join(f"text\n<!-- scaling:{n} -->\nold\n<!-- /scaling:{n} -->\n" for n in sections))
     argv = ["--data", str(data), "--document", str(document), "--figures", str(tmp_path)]
     assert report.main([*argv, "--check"]) == 1
     assert report.main(argv) == 0
     assert report.main([*argv, "--check"]) == 0
     fits = json.loads((data / "fits.json").read_text())
-    assert {(f["token_budget"], f["x"]) for f in fits} == {
-        (b, x) for b in (3_000_000, 9_000_000) for x in ("N", "C_min")
+    assert {(f["token_budget"], f["x"], f["sizes"]) for f in fits} == {
+        (b, x, sizes) for b in (3_000_000, 9_000_000) for x in ("N", "C_min") for sizes in ("all", "matched")
     }
+    assert {tuple(f["depths"]) for f in fits if f["sizes"] == "matched"} == {(1, 2, 3, 4)}  # what both budgets have
     for fit in fits:
         if fit["x"] != "N":
             continue
-        chosen = [r for r in runs if r["token_budget"] == fit["token_budget"]]
+        chosen = [r for r in runs if r["token_budget"] == fit["token_budget"] and r["depth"] in fit["depths"]]
         by_hand = fit_power_law([r["parameters"] / 1e9 for r in chosen], [r["points"][-1][fit["y"]] for r in chosen])
         assert (fit["alpha"], fit["beta"], fit["pearson_r"]) == pytest.approx(tuple(by_hand))
         assert (
             fit["points"] == len(chosen) and fit["alpha_interval_90"][0] <= fit["alpha"] <= fit["alpha_interval_90"][1]
         )
     text = document.read_text()
-    assert "\nold\n" not in text and text.count("text\n") == 3 and "| d5-seed1 |" in text
+    assert "\nold\n" not in text and text.count("text\n") == 4 and "| d5-seed1 |" in text
+    assert "| L_last | N | 9.00M | " in text  # the budgets compared on d1–d4
     assert len(list(tmp_path.glob("scaling_loss_vs_*.png"))) == 4
     runs[0]["points"][-1]["L_last"] *= 1.1
     (data / "runs.json").write_text(json.dumps(runs))

@@ -38,15 +38,30 @@ def budgets(runs: list[dict]) -> list[int]:
     return sorted({run["token_budget"] for run in runs})
 
 
+def common_depths(runs: list[dict]) -> list[int]:
+    """The depths every token budget has: the sizes on which the budgets' exponents are compared."""
+    per_budget = [{run["depth"] for run in runs if run["token_budget"] == budget} for budget in budgets(runs)]
+    return sorted(set.intersection(*per_budget)) if per_budget else []
+
+
 def fit_records(runs: list[dict]) -> list[dict]:
-    """fits.json: one record per (token budget, x, metric)."""
+    """fits.json: one record per (token budget, x, metric) over all of the budget's runs ("sizes": "all"), and where
+    there are several budgets, one more per (budget, x, metric) over the sizes every budget has ("sizes":
+    "matched"), so that the exponents of two budgets are compared on the same models."""
     records = []
+    matched = common_depths(runs)
     for budget in budgets(runs):
-        chosen = [run for run in runs if run["token_budget"] == budget]
-        fits = scaling_fits(curves_from_runs(chosen))
-        for x, axis in AXES.items():
-            for metric, fit in fits[axis].items():
-                records.append({"x": x, "y": metric, "token_budget": budget, "runs": len(chosen), **fit})
+        everything = [run for run in runs if run["token_budget"] == budget]
+        selections = [("all", everything)]
+        if len(budgets(runs)) > 1 and len(matched) >= 2:
+            selections.append(("matched", [run for run in everything if run["depth"] in matched]))
+        for sizes, chosen in selections:
+            fits = scaling_fits(curves_from_runs(chosen))
+            depths = sorted({run["depth"] for run in chosen})
+            for x, axis in AXES.items():
+                for metric, fit in fits[axis].items():
+                    records.append({"x": x, "y": metric, "token_budget": budget, "sizes": sizes, "depths": depths,
+                                    "runs": len(chosen), **fit})  # fmt: skip
     return records
 
 
@@ -73,6 +88,8 @@ def fits_table(fits: list[dict]) -> str:
              "with a floor: L∞ + (β·X)^α | rms | paper (ImageNet 256) | paper r |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for f in fits:
+        if f["sizes"] != "all":
+            continue
         paper_beta, paper_alpha, paper_r = PAPER_LAWS[f["x"]][f["y"]]
         low, high = f["alpha_interval_90"]
         floor = f["floor"]
@@ -89,7 +106,7 @@ def residuals_table(fits: list[dict]) -> str:
     """The log residuals of the fits against N, smallest N first: a run of signs (+ … − … +) is curvature."""
     lines = ["| token budget | metric | log residuals against N, smallest N first |", "|---|---|---|"]
     for f in fits:
-        if f["x"] != "N":
+        if f["x"] != "N" or f["sizes"] != "all":
             continue
         order = sorted(range(len(f["xy"])), key=lambda i: f["xy"][i][0])
         shown = " ".join(f"{f['log_residuals'][i]:+.3f}" for i in order)
@@ -97,8 +114,27 @@ def residuals_table(fits: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budgets_table(fits: list[dict]) -> str:
+    """α of every metric against N and against C_min per token budget, on the sizes every budget has: whether the
+    exponents steepen with longer training (the intervals say whether a change is more than the fit's spread)."""
+    matched = [f for f in fits if f["sizes"] == "matched"]
+    if not matched:
+        return "(one token budget so far)\n"
+    depths = ", ".join(f"d{d}" for d in matched[0]["depths"])
+    lines = [f"| metric | against | token budget | α ({depths}) | 90 % interval | r |", "|---|---|---|---|---|---|"]
+    for f in sorted(matched, key=lambda f: (f["x"] != "N", METRIC_ORDER.index(f["y"]), f["token_budget"])):
+        low, high = f["alpha_interval_90"]
+        lines.append(f"| {f['y']} | {f['x']} | {f['token_budget'] / 1e6:.2f}M | {f['alpha']:.4f} | "
+                     f"[{low:.4f}, {high:.4f}] | {f['pearson_r']:.4f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+METRIC_ORDER = ("L_last", "L_avg", "Err_last", "Err_avg")
+
+
 def render(document: str, runs: list[dict], fits: list[dict]) -> str:
-    sections = {"runs": runs_table(runs), "fits": fits_table(fits), "residuals": residuals_table(fits)}
+    sections = {"runs": runs_table(runs), "fits": fits_table(fits), "residuals": residuals_table(fits),
+                "budgets": budgets_table(fits)}  # fmt: skip
     return replace_marked_sections(document, "scaling", sections)
 
 
