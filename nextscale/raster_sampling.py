@@ -1,6 +1,7 @@
 """Next-token sampling for the raster baseline: KV-cached, one token per step, classifier-free guidance, top-k/top-p.
 
-Each step feeds one position's input for 2B rows (conditional, then the null class) through the transformer and
+Each step feeds one position's input for 2B rows (conditional, then the null class; B rows when cfg is 0, where the
+null-class rows would change nothing) through the transformer and
 mixes the two halves as the VAR sampler does, logits = (1 + g)·conditional − g·unconditional, with a constant
 guidance g = `cfg` at every token: a raster sequence has no coarse-to-fine order for VAR's ramp from 0 to follow
 (the paper's next-token baseline and LlamaGen guide every token alike). After the last of the h·w tokens the map is
@@ -78,7 +79,8 @@ def sample_raster(
     recorder = _Trace() if trace else None
     consumers: list[Callable[[StepOutput], None]] = [recorder] if recorder is not None else []
     guidance = settings.cfg  # constant over the sequence
-    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class)))
+    rows = 2 if guidance > 0 else 1  # without guidance the null-class rows would change nothing: not run
+    labels_2B = torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class)))[: rows * B]
     cache = model.new_cache()
     tokens_BL = torch.empty(B, L, dtype=torch.int64, device=device)
     with cast:
@@ -86,7 +88,7 @@ def sample_raster(
     for t in range(L):
         with cast:
             logits_2B1V = model.step(x_2B1C, cache)
-        logits_B1V = (1 + guidance) * logits_2B1V[:B] - guidance * logits_2B1V[B:]
+        logits_B1V = (1 + guidance) * logits_2B1V[:B] - guidance * logits_2B1V[B:] if rows == 2 else logits_2B1V
         kept_logits_B1V = logits_B1V.clone() if recorder is not None else None  # the draw filters them in place
         idx_B1 = sample_top_k_top_p(logits_B1V, settings.top_k, settings.top_p, generator)
         for consume in consumers:
@@ -94,7 +96,7 @@ def sample_raster(
         tokens_BL[:, t] = idx_B1[:, 0]
         if t < L - 1:
             with cast:
-                x_2B1C = model.token_input(idx_B1.repeat(2, 1), t)
+                x_2B1C = model.token_input(idx_B1.repeat(rows, 1), t)
     token_map_Bhw = tokens_BL.view(B, side, side)
     with cast:
         images = tokenizer.decode([token_map_Bhw])

@@ -1,7 +1,8 @@
 """Next-scale sampling with a KV cache, classifier-free guidance and top-k/top-p (editing builds on it: editing.py).
 
 Each step feeds one scale's tokens (2B rows: conditional, then unconditional) through the transformer, mixes the two
-halves with a guidance weight that grows linearly from 0 at the first scale to `cfg` at the last, samples that
+halves with a guidance weight that grows linearly from 0 at the first scale to `cfg` at the last (with cfg 0, one
+row per image: the unconditional half would change nothing), samples that
 scale's token map and adds it to the tokenizer's f̂, whose resized copy is the next scale's input. With
 `guidance_scales = n` guidance stops after the first n scales (Switti- and StageVAR-style): the unconditional rows are
 dropped from the batch and from the KV cache, so the later, largest scales run one row per image.
@@ -190,13 +191,14 @@ def sample_scales(
     cast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     recorder = _Trace() if trace else None
     consumers = ([recorder] if recorder is not None else []) + ([_preview(on_scale)] if on_scale is not None else [])
-    cond_BD = model.class_embed(torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class))))
+    rows = 2 if settings.cfg > 0 else 1  # the conditional and the unconditional row of every image, until guidance
+    # stops; with no guidance at all (cfg 0) the unconditional rows would change nothing and are not run
+    cond_BD = model.class_embed(torch.cat((labels_B, torch.full_like(labels_B, model.config.null_class)))[: rows * B])
     x_BlC = model.start_tokens(cond_BD)
     cache = model.new_cache()
     f_hat = torch.zeros(B, quantizer.latent_channels, schedule.final_side, schedule.final_side, device=device)
     token_maps = []
     hidden_2BlC = None  # the previous scale's last-block outputs, for pruned scales
-    rows = 2  # the conditional and the unconditional row of every image, until guidance stops
     scale_inputs = []  # the tokenizer's input of every scale after the first, (B, l, Cv): what a refiner re-reads
     for k, side in enumerate(schedule.patch_nums):
         ratio = k / (K - 1) if K > 1 else 1.0

@@ -317,3 +317,22 @@ def test_bad_inputs_give_one_line_errors():
     one_line_error(ValueError, "label_dropout", lambda: RasterConfig(depth=2, label_dropout=1.0))
     one_line_error(KeyError, "unknown raster preset", lambda: raster_preset("gpt2-huge"))
     one_line_error(ValueError, "d: RasterConfig has no field", lambda: config_from_dict(RasterConfig, {"wpe": 1}, "d"))
+
+
+def test_without_guidance_the_raster_sampler_runs_one_row_per_image():
+    """cfg 0 changes nothing but the work: no null-class rows, the tokens of a guidance too small to move a logit."""
+    tokenizer, model = one_scale_pair()
+    rows, step = [], model.step
+
+    def counting(x_B1C, cache):
+        rows.append(x_B1C.shape[0])
+        return step(x_B1C, cache)
+
+    model.step = counting
+    unguided = generate_raster(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True)
+    assert rows == [3] * L
+    rows.clear()
+    both = generate_raster(model, tokenizer, [1, 2, 3], cfg=1e-30, seed=4, trace=True)
+    assert rows == [6] * L
+    torch.testing.assert_close(torch.stack(unguided.trace["logits"]), torch.stack(both.trace["logits"]))
+    assert torch.equal(unguided.token_maps[0], both.token_maps[0])

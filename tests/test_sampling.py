@@ -308,15 +308,21 @@ def test_guidance_stops_after_the_given_scale_and_the_later_scales_run_one_row_p
     assert any(not torch.equal(a, b) for a, b in zip(exact.token_maps[2:], cut.token_maps[2:]))
 
 
-def test_without_guidance_the_dropped_rows_change_nothing_but_the_work(debug_models):
-    """cfg 0: the guided logits are the conditional ones, so cutting the unconditional rows after the first scale
-    leaves every scale's logits (to float tolerance: the batch is smaller) and the tokens as they were."""
+def test_without_guidance_one_row_per_image_draws_what_the_two_row_path_draws(debug_models):
+    """cfg 0: the guided logits are the conditional ones, so the sampler runs no unconditional rows at all; a guidance
+    too small to move a float32 logit (1e-30) still runs both rows, and gives the same logits (to float tolerance: the
+    batch is smaller) and the same tokens."""
     tokenizer, model = debug_models
-    exact = generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True)
-    cut = generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True, guidance_scales=1)
-    for a, b in zip(exact.trace["logits"], cut.trace["logits"]):
+    K = model.schedule.num_scales
+    rows, unguided = _rows_per_scale(model, lambda: generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, trace=True))
+    assert rows == [3] * K
+    rows, both = _rows_per_scale(model, lambda: generate(model, tokenizer, [1, 2, 3], cfg=1e-30, seed=4, trace=True))
+    assert rows == [6] * K
+    for a, b in zip(unguided.trace["logits"], both.trace["logits"]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(exact.token_maps, cut.token_maps))
+    assert all(torch.equal(a, b) for a, b in zip(unguided.token_maps, both.token_maps))
+    refined = generate(model, tokenizer, [1, 2, 3], cfg=0.0, seed=4, refiner=model, handover_scale=2)
+    assert all(torch.equal(a, b) for a, b in zip(unguided.token_maps, refined.token_maps))
 
 
 def test_guidance_scales_combines_with_pruning_and_is_validated(debug_models):
