@@ -36,6 +36,7 @@ from nextscale import VAR, Tokenizer, VARConfig, generate, tokenizer_preset
 from nextscale.convert import to_official_tokenizer, tokenizer_from_official, var_from_official
 from nextscale.inference import prepare_for_inference
 from nextscale.sampling import SAMPLING_PRESETS
+from nextscale.timing import interleaved_times
 from nextscale.train.var_task import teacher_forced_loss
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -109,17 +110,13 @@ def timed(fn, device: str) -> float:
 
 
 def interleaved(named: dict, repeats: int, device: str) -> dict[str, list[float]]:
-    """Each function once to warm up, then `repeats` rounds of all of them in turn."""
-    for fn in named.values():
-        fn()
-    times = {name: [] for name in named}
-    for round_ in range(repeats):
-        for name, fn in named.items():
-            times[name].append(timed(fn, device))
-        print(
-            f"  round {round_ + 1}/{repeats}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True
-        )
-    return times
+    """Each function once to warm up, then `repeats` rounds of all of them in turn, printing each round."""
+
+    def report(round_index: int, times: dict[str, list[float]]) -> None:
+        done = ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items())
+        print(f"  round {round_index + 1}/{repeats}: {done}", flush=True)
+
+    return interleaved_times(named, repeats, synchronize=lambda: synchronize(device), on_round=report)
 
 
 def matmul_peak(dtype: torch.dtype, device: str, size: int = 2048) -> float:

@@ -14,26 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from nextscale import VAR, Tokenizer, TokenSpace, generate, tokenizer_preset, var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.raster_sampling import generate_raster
+from nextscale.timing import interleaved_times
 from nextscale.train.var_task import next_token_loss, teacher_forced_loss
-
-
-def interleaved(named: dict, repeats: int) -> dict[str, list[float]]:
-    for fn in named.values():  # warm-up
-        fn()
-    times = {name: [] for name in named}
-    for _ in range(repeats):
-        for name, fn in named.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def training_step(model, tokenizer, token_maps, labels, loss_fn):
@@ -70,7 +58,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")  # fmt: skip
 
     labels = [i % 10 for i in range(B)]
-    sampling = interleaved(
+    sampling = interleaved_times(
         {
             "VAR (next-scale)": lambda: generate(var, var_tokenizer, labels, "fid", seed=0),
             "raster (next-token)": lambda: generate_raster(raster, raster_tokenizer, labels, "fid", seed=0),
@@ -82,7 +70,7 @@ def main() -> None:
     with torch.no_grad():
         var_maps, raster_maps = var_tokenizer.encode(images), raster_tokenizer.encode(images)
     var.train(), raster.train()
-    training = interleaved(
+    training = interleaved_times(
         {
             "VAR (next-scale)": training_step(
                 var, var_tokenizer, var_maps, labels_B, lambda m, t, y: teacher_forced_loss(m, var_tokenizer, t, y)

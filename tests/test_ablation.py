@@ -15,12 +15,12 @@ from conftest import DOCS, load_docs_script
 
 from nextscale import cli, save_pretrained
 from nextscale.data.build import DataConfig
-from nextscale.experiments.ablation import time_interleaved
 from nextscale.experiments.ablation_config import CURVE_ROWS, MODELS, ROWS, AblationConfig, model_overrides
 from nextscale.experiments.ablation_report import markdown_table, summarize
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR
+from nextscale.timing import time_interleaved
 from nextscale.token_space import TokenSpace
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
 

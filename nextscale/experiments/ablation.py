@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -62,6 +61,7 @@ from nextscale.model.var import VAR
 from nextscale.pipeline import Pipeline
 from nextscale.pretrained import load_tokenizer
 from nextscale.sampling import SamplingSettings
+from nextscale.timing import time_interleaved
 from nextscale.token_space import TokenSpace
 from nextscale.tokenizer.tokenizer import Tokenizer
 from nextscale.train.var_task import next_token_loss, teacher_forced_loss
@@ -257,33 +257,6 @@ def sampling_flops_per_image(pipe, settings: SamplingSettings) -> int:
 
 
 # ---- inference cost --------------------------------------------------------------------------------------------------
-
-
-def time_interleaved(samplers: dict, batch: int, repeats: int, latency_images: int = 3) -> dict[str, dict]:
-    """Latency at batch 1 (ms per image, mean over `latency_images` calls) and throughput at `batch` (images/s) of
-    every sampler, measured in `repeats` rounds that visit the samplers in turn (so slow drifts of the machine hit all
-    of them alike), after one warm-up call each; the best round is kept. A sampler is `f(batch_size) -> None`."""
-    for sample in samplers.values():
-        sample(1)
-        sample(min(batch, 10))
-    best: dict[str, dict] = {name: {"latency_ms_batch1": math.inf, "images_per_s_batch100": 0.0} for name in samplers}
-    order = []
-    for _ in range(repeats):
-        for name, sample in samplers.items():
-            order.append(name)
-            start = time.perf_counter()
-            for _ in range(latency_images):
-                sample(1)
-            latency = (time.perf_counter() - start) / latency_images * 1000
-            start = time.perf_counter()
-            sample(batch)
-            throughput = batch / (time.perf_counter() - start)
-            best[name]["latency_ms_batch1"] = min(best[name]["latency_ms_batch1"], latency)
-            best[name]["images_per_s_batch100"] = max(best[name]["images_per_s_batch100"], throughput)
-    for name in best:
-        best[name]["rounds"] = repeats
-    best["_order"] = order  # type: ignore[assignment]
-    return best
 
 
 def untrained_pipeline(config: AblationConfig, key: str, num_classes: int) -> Pipeline:
