@@ -1,0 +1,258 @@
+"""The speed–quality frontier of the training-free accelerations on a model (docs/performance.md, issue 20).
+
+    python docs/scripts/speed_quality.py quality [--model fmnist] [--seeds 0,1,2]   # sample sets and their scores
+    python docs/scripts/speed_quality.py speed [--repeats 3]     # interleaved timings: run it on an idle machine
+    python docs/scripts/speed_quality.py report [--check]        # the table in docs/performance.md and the figure
+
+Every option is a change to the model's own sampling settings (its recorded preset: the exact path) or to how the
+models are prepared (`nextscale.inference.prepare_for_inference`). `quality` draws a class-balanced set of 2,000
+samples per option and sampling seed and scores it against the 10,000 test images (FID, IS, precision, recall, class
+accuracy with the shipped classifier's features); `speed` times every option against the exact path in interleaved
+rounds (latency of one image at batch 1, images/s at batch 100, decode included; best round of `--repeats`) and the
+decoder alone; both write into docs/data/speed_quality.json, which `report` turns into the table between the
+`<!-- speed:frontier -->` markers of docs/performance.md and docs/speed_quality.png (FID against images/s).
+Sample sets are kept under --work, so a rerun only computes what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[1]
+DATA = DOCS / "data" / "speed_quality.json"
+DOCUMENT = DOCS / "performance.md"
+FIGURE = DOCS / "speed_quality.png"
+QUALITY_KEYS = ("fid", "inception_score", "precision", "recall", "class_accuracy")
+FID_BUDGET = 0.10  # the fast preset may cost at most this fraction of the exact path's FID
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    settings: dict = field(default_factory=dict)  # SamplingSettings fields changed from the model's preset
+    prepare: dict = field(default_factory=dict)  # prepare_for_inference keywords (none: the model as loaded)
+
+
+OPTIONS = (
+    Option("exact"),
+    Option("guidance to scale 5", {"guidance_scales": 5}),
+    Option("guidance to scale 4", {"guidance_scales": 4}),
+    Option("guidance to scale 3", {"guidance_scales": 3}),
+    Option("prune 25 %", {"prune_ratio": 0.25}),
+    Option("prune 50 %", {"prune_ratio": 0.5}),
+    Option("guidance to 4 + prune 25 %", {"guidance_scales": 4, "prune_ratio": 0.25}),
+)
+
+
+def load_pipeline(model: str, option: Option):
+    from nextscale.inference import prepare_for_inference
+    from nextscale.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(model)
+    pipe.settings = replace(pipe.settings, **option.settings)
+    if option.prepare:
+        prepare_for_inference(pipe.tokenizer, pipe.model, **option.prepare)
+    return pipe
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {"options": {}}
+
+
+def write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.replace(path)
+
+
+def entry(data: dict, option: Option) -> dict:
+    record = data["options"].setdefault(option.name, {})
+    record.update(settings=option.settings, prepare=option.prepare)
+    record.setdefault("quality", [])
+    return record
+
+
+def measure_quality(args, data: dict) -> None:
+    from nextscale.eval.evaluate_samples import EvaluationConfig, evaluate_samples
+    from nextscale.eval.sample_set import class_balanced_npz
+
+    for option in OPTIONS:
+        record = entry(data, option)
+        pipe = None
+        for seed in args.seeds:
+            if any(q["sample_seed"] == seed for q in record["quality"]):
+                continue
+            pipe = pipe or load_pipeline(args.model, option)
+            path = args.work / f"{option.name.replace(' ', '_').replace('%', 'pc')}-seed{seed}.npz"
+            class_balanced_npz(pipe, pipe.settings, 200, 100, seed, path, description=f"{option.name} seed {seed}")
+            scores = evaluate_samples(EvaluationConfig(samples=str(path), reference="fashion-mnist:test"), False)
+            record["quality"].append({"sample_seed": seed, **{k: scores[k] for k in QUALITY_KEYS}})
+            record["sampling"] = asdict(pipe.settings)
+            write(args.data, data)
+            print(f"{option.name} seed {seed}: FID {scores['fid']:.3f}", flush=True)
+
+
+def measure_speed(args, data: dict) -> None:
+    import torch
+
+    from nextscale.timing import interleaved_times, time_interleaved
+
+    pipes = {option.name: load_pipeline(args.model, option) for option in OPTIONS}
+    labels = [i % 10 for i in range(args.batch)]
+    samplers = {name: (lambda n, pipe=pipe: pipe.generate(labels[:n], seed=0)) for name, pipe in pipes.items()}
+    with torch.inference_mode():
+        timings = time_interleaved(samplers, args.batch, args.repeats)
+        timings.pop("_order")
+        exact = pipes["exact"]
+        side = exact.model.schedule.final_side
+        f_hat = torch.randn(args.batch, exact.tokenizer.token_space.latent_channels, side, side)
+        decoders = {"decoder": lambda: exact.tokenizer.decode_fhat(f_hat)}
+        decode_seconds = min(interleaved_times(decoders, args.repeats)["decoder"])
+    for option in OPTIONS:
+        entry(data, option)["speed"] = timings[option.name]
+    data["decoder_seconds_batch100"] = decode_seconds
+    data["machine"] = {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+                       "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    write(args.data, data)
+    for option in OPTIONS:
+        t = timings[option.name]
+        print(f"{option.name:32s} {t['images_per_s_batch100']:7.1f} images/s  {t['latency_ms_batch1']:7.1f} ms")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+
+def summarized(data: dict) -> list[dict]:
+    """Per option with scores: mean and sd of every quality figure, its speed and both relative to the exact path."""
+    import numpy as np
+
+    rows = []
+    for name, record in data["options"].items():
+        if not record["quality"]:
+            continue
+        row = {"name": name, "settings": record["settings"], "prepare": record["prepare"], "speed": record.get("speed")}
+        row["seeds"] = len(record["quality"])
+        for key in QUALITY_KEYS:
+            values = np.array([q[key] for q in record["quality"]], dtype=float)
+            row[key], row[key + "_sd"] = float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
+        rows.append(row)
+    exact = next((r for r in rows if r["name"] == "exact"), None)
+    for row in rows:
+        if exact is None:
+            continue
+        row["fid_change"] = row["fid"] / exact["fid"] - 1
+        if row["speed"] and exact["speed"]:
+            mine, base = row["speed"], exact["speed"]
+            row["speedup_batch100"] = mine["images_per_s_batch100"] / base["images_per_s_batch100"]
+            row["speedup_batch1"] = base["latency_ms_batch1"] / mine["latency_ms_batch1"]
+    return rows
+
+
+def fastest_within_budget(rows: list[dict]) -> dict | None:
+    """The option with the most images/s at batch 100 whose mean FID is within FID_BUDGET of the exact path's."""
+    allowed = [r for r in rows if "speedup_batch100" in r and r["fid_change"] <= FID_BUDGET]
+    return max(allowed, key=lambda r: r["speedup_batch100"], default=None)
+
+
+def table(data: dict) -> str:
+    rows = summarized(data)
+    lines = ["| option | images/s, batch 100 | × exact | ms / image, batch 1 | × exact | FID (mean ± sd) | "
+             "FID vs exact | class acc. | recall | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        speed = r["speed"]
+        timing = "— | — | — | —"
+        if speed:
+            timing = (f"{speed['images_per_s_batch100']:.1f} | {r.get('speedup_batch100', 1):.2f}× | "
+                      f"{speed['latency_ms_batch1']:.1f} | {r.get('speedup_batch1', 1):.2f}×")  # fmt: skip
+        lines.append(f"| {r['name']} | {timing} | {r['fid']:.2f} ± {r['fid_sd']:.2f} | "
+                     f"{100 * r.get('fid_change', 0):+.1f} % | {100 * r['class_accuracy']:.1f} % | {r['recall']:.3f} | "
+                     f"{r['seeds']} |")  # fmt: skip
+    best = fastest_within_budget(rows)
+    if best is not None:
+        lines.append("")
+        lines.append(f"Fastest option within +{100 * FID_BUDGET:.0f} % FID of the exact path: **{best['name']}** "
+                     f"({best['speedup_batch100']:.2f}× at batch 100, {best['speedup_batch1']:.2f}× at batch 1, "
+                     f"FID {100 * best['fid_change']:+.1f} %).")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in summarized(data) if r["speed"]]
+    figure = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(figure)
+    for ax, key, label in zip(figure.subplots(1, 2), ("images_per_s_batch100", "latency_ms_batch1"),
+                              ("images/s at batch 100", "images/s at batch 1 (1000 / latency in ms)")):  # fmt: skip
+        for r in rows:
+            speed = r["speed"][key] if key.startswith("images") else 1000 / r["speed"][key]
+            exact = r["name"] == "exact"
+            ax.errorbar(speed, r["fid"], yerr=r["fid_sd"], fmt="*" if exact else "o", ms=12 if exact else 6,
+                        color="black" if exact else "tab:blue", capsize=3)  # fmt: skip
+            ax.annotate(r["name"], (speed, r["fid"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("FID (2,000 samples; mean ± sd over seeds)")
+        ax.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def report(args, data: dict) -> int:
+    from nextscale.marked_sections import replace_marked_sections
+
+    document = args.document.read_text()
+    rendered = replace_marked_sections(document, "speed", {"frontier": table(data)})
+    if args.check:
+        if rendered != document:
+            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name} report", file=sys.stderr)
+            return 1
+        return 0
+    args.document.write_text(rendered)
+    if any(r["speed"] for r in summarized(data)):
+        plot(data, args.figure)
+    print(f"{args.document} rewritten from {args.data}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=("quality", "speed", "report"))
+    parser.add_argument("--model", default="fmnist", help="a model name or directory (default: the shipped fmnist)")
+    parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the quality sets")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (the best is kept)")
+    parser.add_argument("--batch", type=int, default=100, help="throughput batch")
+    parser.add_argument("--work", type=Path, default=Path("runs/speed_quality"), help="sample sets (kept)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--document", type=Path, default=DOCUMENT)
+    parser.add_argument("--figure", type=Path, default=FIGURE)
+    parser.add_argument("--check", action="store_true", help="report: exit 1 when the document differs")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    data = read(args.data)
+    if args.phase == "quality":
+        measure_quality(args, data)
+    elif args.phase == "speed":
+        measure_speed(args, data)
+    return report(args, read(args.data)) if args.phase == "report" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
