@@ -22,7 +22,7 @@ from nextscale.convert import load_official
 from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.errors import UsageError
 from nextscale.images import to_pil
-from nextscale.inference import prepare_for_inference
+from nextscale.inference import check_compile, check_quantize, prepare_for_inference, prepare_transformer
 from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR
 from nextscale.pretrained import from_pretrained, read_metadata, recorded_sampling
@@ -70,6 +70,8 @@ class Pipeline:
     source: str = ""  # where the weights came from, for records such as a sample set's settings.json
     fast: bool = False  # prepare the models for fast inference (nextscale.inference): cast weights, NHWC convs
     refiner: VAR | None = None  # a second transformer on the tokenizer, drawing from settings.handover_scale on
+    quantize: str | None = None  # "int8": the transformers' block linears dynamically quantised (CPU, fp32 only)
+    compile: bool = False  # torch.compile each transformer's per-scale step (pays for long-running batch-1 sampling)
 
     def __post_init__(self) -> None:
         self.settings = SamplingSettings.resolve(self.settings)
@@ -83,9 +85,15 @@ class Pipeline:
         if self.refiner is not None:
             require_same_token_space(self.tokenizer.token_space, self.refiner.token_space)
             self.refiner.eval()
+        if self.quantize is not None:
+            check_quantize(self.quantize, self.dtype)
+        check_compile(self.compile, self.quantize)
         if self.fast:
             cast = None if self.dtype == torch.float32 else self.dtype
             prepare_for_inference(self.tokenizer, self.model, dtype=cast)
+        for transformer in (self.model, self.refiner):
+            if transformer is not None and (self.quantize is not None or self.compile):
+                prepare_transformer(transformer, quantize=self.quantize, compile=self.compile)
 
     # ---- building -----------------------------------------------------------------------------------------------
 
@@ -96,16 +104,18 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str = torch.float32,
         settings: SamplingSettings | str | None = None,
+        quantize: str | None = None,
     ) -> Pipeline:
         """From a directory written by `save_pretrained` (both parts needed); class names from its metadata, and the
-        sampling settings it records as its default unless `settings` are given (else the `DEFAULT_PRESET`)."""
+        sampling settings it records as its default unless `settings` are given (else the `DEFAULT_PRESET`).
+        `quantize="int8"`: see the field."""
         tokenizer, model = from_pretrained(directory, device)
         if tokenizer is None or model is None:
             raise UsageError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
         classes = read_metadata(directory).get("classes")
         if settings is None:
             settings = recorded_sampling(directory) or DEFAULT_PRESET
-        return cls(tokenizer, model, settings, classes, dtype, source=str(directory))
+        return cls(tokenizer, model, settings, classes, dtype, source=str(directory), quantize=quantize)
 
     @classmethod
     def from_official(

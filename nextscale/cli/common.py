@@ -278,4 +278,5 @@ def load_pipeline(args):
         source=str(source),
         fast=args.fast,
         refiner=refiner,
+        quantize=getattr(args, "quantize", None),
     )

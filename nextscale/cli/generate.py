@@ -17,12 +17,25 @@ from nextscale.cli.common import (
     note,
 )
 
+# nextscale.quantization.QUANTIZATIONS, repeated here so that the parser needs no torch (a test keeps them equal)
+QUANTIZATIONS = ("int8",)
+
+
+def add_quantize(parser) -> None:
+    parser.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        help="int8: the transformer's block linears dynamically quantised to int8 (CPU, fp32 only; faster where "
+        "measured, and draws other tokens than fp32: see nextscale.inference)",
+    )
+
 
 def add_commands(commands) -> None:
     from nextscale.edit_modes import EDIT_MODES
 
     p = add_command(commands, "sample", cmd_sample)
     add_model_source(p)
+    add_quantize(p)
     add_sampling(p, "demo")
     p.add_argument("--class", dest="classes", type=int, action="append", help="class id (repeat); default 0…9")
     p.add_argument("--per-class", type=int, default=4, help="samples of each class (one grid row per class)")
@@ -31,6 +44,7 @@ def add_commands(commands) -> None:
 
     p = add_command(commands, "edit", cmd_edit)
     add_model_source(p)
+    add_quantize(p)
     add_sampling(p, "edit")
     p.add_argument("--image", required=True, help="input picture (centre-cropped and resized to the model's size)")
     p.add_argument("--box", type=float, nargs=4, metavar=("Y0", "X0", "Y1", "X1"), help="region, fractions in [0, 1]")
@@ -44,6 +58,7 @@ def add_commands(commands) -> None:
 
     p = add_command(commands, "sample-set", cmd_sample_set)
     add_model_source(p)
+    add_quantize(p)
     add_sampling(p, "fid")
     p.add_argument("--per-class", type=int, default=50, help="images of each class (50 × 1000 = the official 50k)")
     p.add_argument("--classes", help="ids and ranges such as 0-999 or 1,5,7 (default: every class)")

@@ -111,6 +111,7 @@ def settings_record(pipeline: Pipeline, config: SampleSetConfig) -> dict:
         "image_size": pipeline.image_size,
         "num_classes": pipeline.num_classes,
         "dtype": str(pipeline.dtype).removeprefix("torch."),
+        "quantize": pipeline.quantize,  # int8 linears draw other images than fp32 (absent from older sets: None)
         "sampling": asdict(config.settings),
         "per_class": config.per_class,
         "classes": list(classes),

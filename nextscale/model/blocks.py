@@ -113,13 +113,18 @@ class SelfAttention(nn.Module):
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim) if scale is None else scale
         self.proj = nn.Linear(width, width)
+        # inference only (nextscale.quantization): one module computing qkv with the q/v biases folded in
+        self.fused_qkv: nn.Module | None = None
 
     def forward(
         self, x_BLC: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: LayerCache | None = None
     ) -> torch.Tensor:
         B, L, C = x_BLC.shape
-        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-        qkv = F.linear(x_BLC, self.qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        if self.fused_qkv is not None:
+            qkv = self.fused_qkv(x_BLC).view(B, L, 3, self.num_heads, self.head_dim)
+        else:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+            qkv = F.linear(x_BLC, self.qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, c)
         if self.l2_norm:
             q = F.normalize(q, dim=-1).mul(self.logit_scale.clamp_max(MAX_LOGIT_SCALE).exp())
