@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 from functools import partial
 
 import torch
 
 from nextscale import Pipeline, generate
 from nextscale.inference import prepare_for_inference
+from nextscale.timing import interleaved_times
 
 VARIANTS = ("fp32", "int8", "compile", "compile-blocks")
 
@@ -53,18 +53,6 @@ def transformer_only(model, labels_B: torch.Tensor, inputs: list[torch.Tensor]) 
         if k < len(inputs):
             x_BlC = model.scale_tokens(k + 1, inputs[k]).repeat(2, 1, 1)
     return logits
-
-
-def interleaved(named: dict, repeats: int) -> dict[str, list[float]]:
-    for fn in named.values():  # warm-up (and compilation)
-        fn()
-    times = {name: [] for name in named}
-    for _ in range(repeats):
-        for name, fn in named.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 @torch.no_grad()
@@ -100,11 +88,11 @@ def main() -> None:
         labels = [i % pipe.num_classes for i in range(B)]
         reference = generate(pipe.model, pipe.tokenizer, labels, "fid", seed=0, trace=True)
         inputs = [x.flatten(2).transpose(1, 2) for x in reference.trace["next_input"][:-1]]
-        transformer = interleaved(
+        transformer = interleaved_times(
             {name: partial(transformer_only, m, reference.labels, inputs) for name, (_, m) in models.items()},
             args.repeats,
         )
-        sampling = interleaved(
+        sampling = interleaved_times(
             {name: partial(generate, m, t, labels, "fid", seed=0) for name, (t, m) in models.items()},
             args.repeats,
         )
