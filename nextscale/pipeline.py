@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from nextscale.images import to_pil
 from nextscale.inference import check_compile, check_quantize, prepare_for_inference, prepare_transformer
 from nextscale.model.raster import RasterTransformer
 from nextscale.model.var import VAR
-from nextscale.pretrained import from_pretrained, read_metadata, recorded_sampling
+from nextscale.pretrained import from_pretrained, read_metadata, recorded_fast, recorded_sampling
 from nextscale.raster_sampling import generate_raster
 from nextscale.sampling import Generation, SamplingSettings, generate, resolve_labels
 from nextscale.token_space import require_same_token_space
@@ -105,17 +105,25 @@ class Pipeline:
         dtype: torch.dtype | str = torch.float32,
         settings: SamplingSettings | str | None = None,
         quantize: str | None = None,
+        fast: bool = False,
     ) -> Pipeline:
         """From a directory written by `save_pretrained` (both parts needed); class names from its metadata, and the
         sampling settings it records as its default unless `settings` are given (else the `DEFAULT_PRESET`).
-        `quantize="int8"`: see the field."""
+        `quantize="int8"`: see the field. `fast`: the models prepared for fast inference and, where the directory
+        records a measured fast recipe (`recorded_fast`), its sampling changes and its quantisation (on a CPU in
+        fp32; elsewhere only the sampling changes apply)."""
         tokenizer, model = from_pretrained(directory, device)
         if tokenizer is None or model is None:
             raise UsageError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
         classes = read_metadata(directory).get("classes")
         if settings is None:
             settings = recorded_sampling(directory) or DEFAULT_PRESET
-        return cls(tokenizer, model, settings, classes, dtype, source=str(directory), quantize=quantize)
+        recipe = recorded_fast(directory) if fast else None
+        if recipe is not None:
+            settings = replace(SamplingSettings.resolve(settings), **recipe.get("sampling", {}))
+            if quantize is None and torch.device(device).type == "cpu" and resolve_dtype(dtype) == torch.float32:
+                quantize = recipe.get("quantize")
+        return cls(tokenizer, model, settings, classes, dtype, source=str(directory), quantize=quantize, fast=fast)
 
     @classmethod
     def from_official(

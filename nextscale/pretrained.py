@@ -27,6 +27,7 @@ from nextscale.config_io import config_from_dict, config_to_dict
 from nextscale.model.config import VARConfig
 from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
+from nextscale.quantization import QUANTIZATIONS
 from nextscale.sampling_settings import SamplingSettings
 from nextscale.token_space import TokenSpace, require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
@@ -37,6 +38,7 @@ FORMAT_VERSION = 2
 SHIPPED_MODELS = {"fmnist": "assets/fmnist"}
 META_FILE = "nextscale.json"
 SAMPLING_KEY = "sampling"  # nextscale.json: the model's default SamplingSettings
+FAST_KEY = "fast"  # nextscale.json: the model's measured fast recipe (see `recorded_fast`)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 # transformer architectures by the name recorded in transformer/config.json: (module class, config class)
@@ -227,7 +229,21 @@ def read_metadata(directory: str | os.PathLike) -> dict:
             SamplingSettings(**sampling)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{file}: {SAMPLING_KEY}: {err}") from None
+    fast = meta.get(FAST_KEY)
+    if fast is not None:
+        _check_fast(file, fast, sampling or {})
     return meta
+
+
+def _check_fast(file: Path, fast, sampling: dict) -> None:
+    if not isinstance(fast, dict) or not isinstance(fast.get("sampling", {}), dict):
+        raise CheckpointError(f"{file}: {FAST_KEY} must be an object with a 'sampling' object, got {fast!r:.80}")
+    if fast.get("quantize") not in (None, *QUANTIZATIONS):
+        raise CheckpointError(f"{file}: {FAST_KEY}.quantize must be one of {QUANTIZATIONS} or null")
+    try:
+        SamplingSettings(**{**sampling, **fast.get("sampling", {})})
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: {FAST_KEY}.sampling: {err}") from None
 
 
 def recorded_sampling(directory: str | os.PathLike):
@@ -235,6 +251,13 @@ def recorded_sampling(directory: str | os.PathLike):
     the model was evaluated), or None."""
     sampling = read_metadata(directory).get(SAMPLING_KEY)
     return SamplingSettings(**sampling) if sampling is not None else None
+
+
+def recorded_fast(directory: str | os.PathLike) -> dict | None:
+    """The fast recipe a model directory records (`"fast"` in nextscale.json, chosen from a measured speed–quality
+    frontier: docs/scripts/speed_quality.py), or None: {"sampling": SamplingSettings fields that change the model's
+    default settings, "quantize": "int8" or None (applied on CPUs in fp32 only), and what was measured}."""
+    return read_metadata(directory).get(FAST_KEY)
 
 
 def resolve_model(name_or_directory: str | os.PathLike) -> Path:

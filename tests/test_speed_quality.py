@@ -54,6 +54,15 @@ def test_the_report_rewrites_the_marked_table_and_checks_it(tmp_path: Path):
     assert "| a little faster | 50.0 | 1.25× |" in text and "**a little faster**" in text
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "nextscale.json").write_text(json.dumps({"format_version": 2, "classes": ["a"]}))
+    assert script.main([*argv, "--record-fast", str(model), "--check"]) == 1  # no recipe recorded yet
+    assert script.main([*argv, "--record-fast", str(model)]) == 0
+    meta = json.loads((model / "nextscale.json").read_text())
+    assert meta["classes"] == ["a"] and meta["fast"]["measured"]["option"] == "a little faster"
+    assert script.main([*argv, "--record-fast", str(model), "--check"]) == 0
+
 
 def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     script = load_docs_script("speed_quality")

@@ -2,7 +2,7 @@
 
     python docs/scripts/speed_quality.py quality [--model fmnist] [--seeds 0,1,2]   # sample sets and their scores
     python docs/scripts/speed_quality.py speed [--repeats 3]     # interleaved timings: run it on an idle machine
-    python docs/scripts/speed_quality.py report [--check]        # the table in docs/performance.md and the figure
+    python docs/scripts/speed_quality.py report [--check] [--record-fast nextscale/assets/fmnist]   # table, figure
 
 Every option is a change to the model's own sampling settings (its recorded preset: the exact path) or to how the
 models are prepared (`nextscale.inference.prepare_for_inference`). `quality` draws a class-balanced set of 2,000
@@ -11,6 +11,8 @@ accuracy with the shipped classifier's features); `speed` times every option aga
 rounds (latency of one image at batch 1, images/s at batch 100, decode included; best round of `--repeats`) and the
 decoder alone; both write into docs/data/speed_quality.json, which `report` turns into the table between the
 `<!-- speed:frontier -->` markers of docs/performance.md and docs/speed_quality.png (FID against images/s).
+With `--record-fast DIR`, `report` also writes the fastest option within +10 % FID of the exact path into the model
+directory's nextscale.json as its "fast" recipe, which `--fast` and `Pipeline.from_pretrained(fast=True)` apply.
 Sample sets are kept under --work, so a rerun only computes what is missing.
 """
 
@@ -219,17 +221,35 @@ def plot(data: dict, path: Path) -> Path:
     return path
 
 
+def fast_recipe(data: dict) -> dict | None:
+    """The model's "fast" record (nextscale.json): the fastest option within the FID budget, with what it measured."""
+    best = fastest_within_budget(summarized(data))
+    if best is None:
+        return None
+    return {"sampling": best["settings"], "quantize": best["prepare"].get("quantize"),
+            "measured": {"option": best["name"], "speedup_batch100": round(best["speedup_batch100"], 3),
+                         "speedup_batch1": round(best["speedup_batch1"], 3), "fid_change": round(best["fid_change"], 4),
+                         "fid_budget": FID_BUDGET, "source": "docs/data/speed_quality.json"}}  # fmt: skip
+
+
 def report(args, data: dict) -> int:
     from nextscale.marked_sections import replace_marked_sections
 
     document = args.document.read_text()
     rendered = replace_marked_sections(document, "speed", {"frontier": table(data)})
+    meta_file = Path(args.record_fast) / "nextscale.json" if args.record_fast else None
+    meta = json.loads(meta_file.read_text()) if meta_file else {}
+    recipe = fast_recipe(data)
     if args.check:
-        if rendered != document:
-            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name} report", file=sys.stderr)
-            return 1
-        return 0
+        stale = [str(args.document)] if rendered != document else []
+        if meta_file is not None and meta.get("fast") != recipe:
+            stale.append(f'{meta_file} (its "fast" record)')
+        for path in stale:
+            print(f"{path} is not what {args.data} gives: run {Path(__file__).name} report", file=sys.stderr)
+        return 1 if stale else 0
     args.document.write_text(rendered)
+    if meta_file is not None and recipe is not None:
+        meta_file.write_text(json.dumps({**meta, "fast": recipe}, indent=2) + "\n")
     if any(r["speed"] for r in summarized(data)):
         plot(data, args.figure)
     print(f"{args.document} rewritten from {args.data}")
@@ -248,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--document", type=Path, default=DOCUMENT)
     parser.add_argument("--figure", type=Path, default=FIGURE)
     parser.add_argument("--check", action="store_true", help="report: exit 1 when the document differs")
+    parser.add_argument(
+        "--record-fast", help="report: write the fast recipe into this model directory's nextscale.json"
+    )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     data = read(args.data)

@@ -181,7 +181,8 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fast",
         action="store_true",
-        help="prepare the models for fast inference (NHWC convolutions; with --bf16, bf16 weights instead of autocast)",
+        help="prepare the models for fast inference (NHWC convolutions; with --bf16, bf16 weights instead of autocast) "
+        "and apply the measured fast recipe a --model records (its sampling changes; int8 on a CPU in fp32)",
     )
 
 
@@ -216,7 +217,20 @@ def sampling_settings(args: argparse.Namespace):
         from nextscale.pretrained import recorded_sampling  # reads the model's metadata (a torch-importing module)
 
         base = recorded_sampling(args.model)
-    return build_config(SamplingSettings, args, asdict(base or SamplingSettings.preset(args.fallback_preset)))
+    defaults = asdict(base or SamplingSettings.preset(args.fallback_preset))
+    recipe = fast_recipe(args)
+    if recipe is not None:
+        defaults.update(recipe.get("sampling", {}))  # under the flags given: they still win
+    return build_config(SamplingSettings, args, defaults)
+
+
+def fast_recipe(args: argparse.Namespace) -> dict | None:
+    """With --fast, the measured fast recipe the --model records (nextscale.json "fast"), else None."""
+    if not (getattr(args, "fast", False) and getattr(args, "model", None)):
+        return None
+    from nextscale.pretrained import recorded_fast
+
+    return recorded_fast(args.model)
 
 
 def check_seed(seed: int) -> None:
@@ -278,5 +292,13 @@ def load_pipeline(args):
         source=str(source),
         fast=args.fast,
         refiner=refiner,
-        quantize=getattr(args, "quantize", None),
+        quantize=getattr(args, "quantize", None) or _recipe_quantize(args),
     )
+
+
+def _recipe_quantize(args) -> str | None:
+    """The fast recipe's quantisation where it applies: on a CPU, in fp32."""
+    recipe = fast_recipe(args)
+    if recipe is None or args.bf16 or not str(args.device).startswith("cpu"):
+        return None
+    return recipe.get("quantize")
