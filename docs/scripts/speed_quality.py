@@ -88,13 +88,12 @@ def measure_quality(args, data: dict) -> None:
     from nextscale.eval.evaluate_samples import EvaluationConfig, evaluate_samples
     from nextscale.eval.sample_set import class_balanced_npz
 
-    for option in OPTIONS:
-        record = entry(data, option)
-        pipe = None
-        for seed in args.seeds:
+    for seed in args.seeds:  # every option's first seed before any option's second: a cut run stays balanced
+        for option in OPTIONS:
+            record = entry(data, option)
             if any(q["sample_seed"] == seed for q in record["quality"]):
                 continue
-            pipe = pipe or load_pipeline(args.model, option)
+            pipe = load_pipeline(args.model, option)
             path = args.work / f"{option.name.replace(' ', '_').replace('%', 'pc')}-seed{seed}.npz"
             class_balanced_npz(pipe, pipe.settings, 200, 100, seed, path, description=f"{option.name} seed {seed}")
             scores = evaluate_samples(EvaluationConfig(samples=str(path), reference="fashion-mnist:test"), False)
