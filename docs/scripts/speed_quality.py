@@ -50,6 +50,7 @@ OPTIONS = (
     Option("guidance to 4 + prune 25 %", {"guidance_scales": 4, "prune_ratio": 0.25}),
     Option("NHWC decoder", prepare={"channels_last": True}),
     Option("int8", prepare={"quantize": "int8", "channels_last": False}),
+    Option("int8 + NHWC", prepare={"quantize": "int8", "channels_last": True}),
     Option("int8 + NHWC + guidance to 5", {"guidance_scales": 5}, {"quantize": "int8", "channels_last": True}),
     Option("int8 + NHWC + guidance to 4", {"guidance_scales": 4}, {"quantize": "int8", "channels_last": True}),
 )
