@@ -77,3 +77,23 @@ def test_the_report_fits_each_budget_from_runs_json_and_checks_the_document(tmp_
 )
 def test_docs_scaling_md_and_fits_json_are_what_runs_json_gives():
     assert load_docs_script("scaling_report").main(["--check"]) == 0
+
+
+@pytest.mark.skipif(
+    not (DOCS / "data" / "scaling" / "fits.json").is_file(),
+    reason="docs/data/scaling not recorded yet: the sweep is in progress (issue 18)",
+)
+def test_fits_json_is_fit_power_law_of_the_runs_final_points():
+    """Independently of the script: every fit against N in fits.json is nextscale.scaling.fit_power_law of the final
+    points of the runs it names in runs.json."""
+    runs = json.loads((DOCS / "data" / "scaling" / "runs.json").read_text())
+    fits = json.loads((DOCS / "data" / "scaling" / "fits.json").read_text())
+    against_n = [f for f in fits if f["x"] == "N"]
+    assert {f["token_budget"] for f in against_n} == {r["token_budget"] for r in runs}
+    for fit in against_n:
+        chosen = [r for r in runs if r["token_budget"] == fit["token_budget"] and r["depth"] in fit["depths"]]
+        x = [r["parameters"] / 1e9 for r in chosen]
+        y = [r["points"][-1][fit["y"]] for r in chosen]
+        alpha, beta, pearson_r = fit_power_law(x, y)
+        assert len(chosen) == fit["points"] == fit["runs"]
+        np.testing.assert_allclose([alpha, beta, pearson_r], [fit["alpha"], fit["beta"], fit["pearson_r"]], rtol=1e-9)
