@@ -250,6 +250,31 @@ def test_editing_with_a_drawn_region_in_the_browser(page, tmp_path):
     assert "draw a region on the image first" in by_id(driver, "error").text
 
 
+def test_the_handover_field_shows_only_with_a_refiner(page):
+    """Without a refiner the page offers no handover scale; with one (here the model itself) it does, and sends it."""
+    driver, server = page
+    by_id(driver, "tab-sample").click()
+    assert not by_id(driver, "sample-handover-scale").is_displayed()
+    model_dir = server.engine.source.model
+    refined = start_demo(ModelSource(model=model_dir, refiner=model_dir))
+    try:
+        driver.get(refined.url)
+        wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        assert f"refiner {model_dir}" in by_id(driver, "model-info").text
+        assert by_id(driver, "sample-handover-scale").is_displayed()
+        assert by_id(driver, "sample-handover-scale").get_attribute("value") == "0"
+        set_value(driver, "sample-handover-scale", 2)
+        assert "the refiner draws from 3×3 on" in by_id(driver, "sample-handover-hint").text
+        set_value(driver, "sample-per-class", 1)
+        assert run_and_wait(driver, "sample") == "done", by_id(driver, "error").text
+        command = by_id(driver, "sample-command").text
+        assert f"--refiner {Path(model_dir).resolve()}" in command and "--handover-scale 2" in command
+    finally:
+        refined.stop()
+        driver.get(server.url)  # back to the page the other tests use
+        wait_for(driver, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+
+
 def test_many_classes_are_typed_as_ids(page, tmp_path):
     """A model with more classes than a list can show (and no names) takes class ids typed into a field."""
     driver, _ = page

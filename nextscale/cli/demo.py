@@ -46,6 +46,7 @@ def cmd_demo(args) -> None:
         device=args.device,
         bf16=args.bf16,
         fast=args.fast,
+        refiner=args.refiner,
     )
     engine = build_engine(source, DemoLimits(max_images=args.max_images), DemoModel(pipeline))
     serve(engine, args.host, args.port, args.open, time.perf_counter() - started)

@@ -4,6 +4,7 @@
     nextscale demo --model fmnist                  # the shipped model; then open the printed URL
     nextscale demo --model runs/var/model          # a trained model directory
     nextscale demo --vae vae.pth --var var_d16.pth # the released ImageNet checkpoints
+    nextscale demo --model small --refiner large   # collaborative decoding: `large` draws from the handover scale on
 
 Why a small Starlette app with one static page, and not Gradio: the page must work offline with no external resource
 (no CDN, no remote fonts) and be driven by a real browser in CI within seconds. One hand-written HTML/JS/CSS page has

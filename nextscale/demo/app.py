@@ -2,9 +2,11 @@
 
     GET  /              the page (static/index.html; a Content-Security-Policy lets it load nothing from elsewhere)
     GET  /static/…      its script and style sheet
-    GET  /api/info      the model's facts: image size, token grid, classes, default settings, limits, example images
+    GET  /api/info      the model's facts: its refiner (or null), image size, token grid, classes, default settings,
+                        limits, example images
     POST /api/image     {"image": data URL} → the picture fitted to the model ({"image": data URL, "note": …})
-    POST /api/sample    {"classes": [...], "per_class", "seed", "cfg", "top_k", "top_p", "more_smooth", "previews"}
+    POST /api/sample    {"classes": [...], "per_class", "seed", "cfg", "top_k", "top_p", "more_smooth", "previews",
+                         "handover_scale" (with a refiner)}
     POST /api/edit      {"image", "region", "mode", "class", "samples", "seed", "cfg", "top_k", "top_p", …}
 
 Sampling and editing answer with a stream of JSON lines (application/x-ndjson), one event per line (see engine.py),

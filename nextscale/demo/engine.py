@@ -66,11 +66,14 @@ class Job:
 
 
 class DemoEngine:
-    """One model shared by all requests; jobs run one at a time (`lock`)."""
+    """One model shared by all requests; jobs run one at a time (`lock`). With a refiner, samples hand over to it at
+    the request's `handover_scale`; edits use the model alone."""
 
     def __init__(
         self, model: DemoModel, source: ModelSource, limits: DemoLimits, examples: list[Example] | None = None
     ) -> None:
+        if model.has_refiner != (source.refiner is not None):
+            raise ValueError("the model source and the loaded model disagree on whether there is a refiner")
         self.model = model
         self.source = source
         self.limits = limits
@@ -89,6 +92,7 @@ class DemoEngine:
         model = self.model
         return {
             "model": self.source.label,
+            "refiner": self.source.refiner_label,  # None without one: the page then offers no handover
             "device": self.source.device,
             "precision": self.source.precision,
             "image_size": model.image_size,
@@ -113,8 +117,10 @@ class DemoEngine:
 
     def prepare_sample(self, request: SampleRequest) -> Job:
         model, labels, settings = self.model, request.labels, request.settings
+        refiner = {"refiner": self.source.refiner_label} if model.has_refiner else {}
         record = {
             "model": self.source.label,
+            **refiner,
             "classes": request.classes,
             "class_names": [model.class_name(c) for c in request.classes],
             "per_class": request.per_class,
@@ -178,8 +184,9 @@ class DemoEngine:
             "device": self.source.device,
             "precision": self.source.precision,
         }
-        command = ["nextscale", "edit", *self.source.cli_flags(), "--image", "input.png", "--mask", "mask.png"]
-        command += ["--mode", request.mode]
+        # edits draw with the model alone: no --refiner (and the edit preset's handover_scale, 0)
+        command = ["nextscale", "edit", *self.source.cli_flags(refiner=False)]
+        command += ["--image", "input.png", "--mask", "mask.png", "--mode", request.mode]
         if request.label is not None:
             command += ["--class", str(request.label)]
         command += ["--samples", str(request.samples), "--seed", str(request.seed)]

@@ -23,7 +23,7 @@ from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.errors import UsageError
 from nextscale.model.var import VAR
 from nextscale.pipeline import Pipeline
-from nextscale.pretrained import read_metadata, resolve_model
+from nextscale.pretrained import from_pretrained, read_metadata, resolve_model
 from nextscale.sampling import SamplingSettings, generate
 
 # preview(k, previews_B3HW in [0, 1]) after scale k, for every scale but the last (whose decode is the image)
@@ -41,6 +41,9 @@ class ModelSource:
     device: str = "cpu"
     bf16: bool = False  # run under bf16 autocast
     fast: bool = False  # prepare the models for fast inference (see nextscale.inference)
+    # a second model directory (or shipped name) on the same tokenizer: draws the scales from a sample request's
+    # handover_scale on (collaborative decoding; edits use the first model alone)
+    refiner: str | None = None
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.vae is None or self.var is None):
@@ -57,7 +60,17 @@ class ModelSource:
             pipeline = Pipeline.from_official(
                 self.vae, self.var, num_heads=self.num_heads, device=self.device, dtype=dtype
             )
-        return DemoModel(replace(pipeline, fast=True) if self.fast else pipeline)
+        return DemoModel(replace(pipeline, fast=self.fast, refiner=self._load_refiner()))
+
+    def _load_refiner(self) -> VAR | None:
+        if self.refiner is None:
+            return None
+        if not resolve_model(self.refiner).is_dir():
+            raise FileNotFoundError(f"refiner model directory not found: {self.refiner}")
+        _, refiner = from_pretrained(self.refiner, self.device)
+        if refiner is None:
+            raise UsageError(f"refiner {self.refiner}: it holds no transformer/")
+        return refiner
 
     def metadata(self) -> dict:
         """The model directory's `nextscale.json` ({} for official checkpoints): class names, training data."""
@@ -75,10 +88,17 @@ class ModelSource:
         two official files."""
         if self.model is None:
             return f"{Path(self.vae).name} + {Path(self.var).name}"
-        description = read_metadata(self.model).get("shipped", {}).get("description")
-        return f"{self.model} ({description})" if description else self.model
+        return _named(self.model)
 
-    def cli_flags(self) -> list[str]:
+    @property
+    def refiner_label(self) -> str | None:
+        """What the page calls the refiner (as `label` a model directory), None without one."""
+        return None if self.refiner is None else _named(self.refiner)
+
+    def cli_flags(self, refiner: bool = True) -> list[str]:
+        """The flags that load this model; `refiner=False` leaves the refiner out (for `nextscale edit`, which draws
+        with the first model alone)."""
+
         def where(path: str) -> str:  # absolute when it is a file or folder here, else a name to resolve
             return str(Path(path).resolve()) if Path(path).exists() else path
 
@@ -88,17 +108,34 @@ class ModelSource:
             flags = ["--vae", where(self.vae), "--var", where(self.var)]
             if self.num_heads is not None:
                 flags += ["--num-heads", str(self.num_heads)]
+        if refiner and self.refiner is not None:
+            flags += ["--refiner", where(self.refiner)]
         flags += ["--device", self.device]
         return flags + (["--bf16"] if self.bf16 else []) + (["--fast"] if self.fast else [])
 
 
+def _named(model: str) -> str:
+    """A model directory or shipped name, with a shipped model's description."""
+    description = read_metadata(model).get("shipped", {}).get("description")
+    return f"{model} ({description})" if description else model
+
+
 class DemoModel:
-    """A loaded `Pipeline` seen as the demo needs it. Refuses models that cannot draw scale by scale."""
+    """A loaded `Pipeline` seen as the demo needs it. Refuses models that cannot draw scale by scale.
+
+    With a refiner (`Pipeline.refiner`), samples are drawn collaboratively: the pipeline's model drafts the scales
+    before the settings' `handover_scale`, the refiner draws the rest. Edits use the pipeline's model alone."""
 
     def __init__(self, pipeline: Pipeline) -> None:
-        if not isinstance(pipeline.model, VAR):
-            name = type(pipeline.model).__name__
-            raise UsageError(f"the demo shows next-scale prediction and editing; this model is a {name}, not a VAR")
+        model, refiner = pipeline.model, pipeline.refiner
+        for role, transformer in (("model", model), ("refiner", refiner)):
+            if transformer is not None and not isinstance(transformer, VAR):
+                name = type(transformer).__name__
+                raise UsageError(
+                    f"the demo shows next-scale prediction and editing; this {role} is a {name}, not a VAR"
+                )
+        if refiner is not None and refiner.num_classes != model.num_classes:
+            raise UsageError(f"the refiner has {refiner.num_classes} classes, the model {model.num_classes}")
         self.pipeline = pipeline
 
     # ---- facts -------------------------------------------------------------------------------------------------------
@@ -125,8 +162,14 @@ class DemoModel:
         return self.pipeline.class_names
 
     @property
+    def has_refiner(self) -> bool:
+        return self.pipeline.refiner is not None
+
+    @property
     def default_settings(self) -> SamplingSettings:
-        return self.pipeline.settings
+        """The pipeline's settings; without a refiner nothing hands over, whatever they record."""
+        settings = self.pipeline.settings
+        return settings if self.has_refiner else replace(settings, handover_scale=0)
 
     def class_index(self, value: int | str) -> int:
         """A class id or name → the id in [0, num_classes); ValueError with a one-line message otherwise."""
@@ -155,7 +198,8 @@ class DemoModel:
     def sample(
         self, labels: list[int], seed: int, settings: SamplingSettings, preview: PreviewCallback | None = None
     ) -> torch.Tensor:
-        """`Pipeline.generate(labels, seed=seed, settings=settings)` with previews: (B, 3, H, W) in [0, 1]."""
+        """`Pipeline.generate(labels, seed=seed, settings=settings)` with previews: (B, 3, H, W) in [0, 1]. With a
+        refiner it draws the scales from `settings.handover_scale` on (0: the model alone)."""
         pipeline = self.pipeline
         out = generate(
             pipeline.model,
@@ -165,6 +209,7 @@ class DemoModel:
             seed=seed,
             autocast_dtype=pipeline.autocast_dtype,
             on_scale=self._on_scale(preview),
+            refiner=pipeline.refiner,
         )
         return out.images
 
@@ -179,7 +224,8 @@ class DemoModel:
         preview: PreviewCallback | None = None,
     ) -> torch.Tensor:
         """`Pipeline.edit(image, keep_hw, labels=label, samples=samples, seed=seed, settings=settings)` with
-        previews: (samples, 3, H, W) in [0, 1]."""
+        previews: (samples, 3, H, W) in [0, 1]. Editing has no refiner (as `Pipeline.edit`): the pipeline's model
+        draws every scale, whatever `settings.handover_scale` says."""
         pipeline = self.pipeline
         images_B3HW = pipeline.image_tensor(image).repeat_interleave(samples, dim=0)
         out = edit(

@@ -4,7 +4,8 @@ Every mistake a user (or a hand-written client) can make becomes a `DemoRequestE
 HTTP status (400, or 413 for a body too large), which the page shows as it is. The checks are strict: unknown fields,
 wrong types, out-of-range numbers and empty selections are refused rather than guessed at.
 
-Sampling: `classes` (ids or names) × `per_class` images, drawn in that order (class-major, as `nextscale sample`).
+Sampling: `classes` (ids or names) × `per_class` images, drawn in that order (class-major, as `nextscale sample`);
+with a refiner loaded, `handover_scale` k > 0 lets it draw the scales from k on (the model drafts the ones before).
 Editing: `region` is the drawn area on the finest token grid (side × side of 0/1, 1 = drawn). In-painting and
 class-conditional editing regenerate the drawn area; out-painting keeps it and regenerates the rest.
 """
@@ -150,8 +151,22 @@ def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales
         raise DemoRequestError(str(err)) from None
 
 
+def _handover(body: dict, model: DemoModel, settings: SamplingSettings) -> SamplingSettings:
+    """`settings` with the request's `handover_scale`: in [0, number of scales] (the number of scales: never hands
+    over), and above 0 only when a refiner is loaded."""
+    num_scales = len(model.scale_sides)
+    handover = _integer(body, "handover_scale", 0, num_scales, min(settings.handover_scale, num_scales))
+    if handover > 0 and not model.has_refiner:
+        raise DemoRequestError(
+            f"handover_scale {handover} needs a refiner model, and this demo runs without one "
+            "(start it with --refiner DIR, or send handover_scale 0)"
+        )
+    return replace(settings, handover_scale=handover)
+
+
 def parse_sample(body, model: DemoModel, defaults: SamplingSettings, limits: DemoLimits) -> SampleRequest:
-    fields = ("classes", "per_class", "seed", "previews", *_SETTINGS_FIELDS)
+    # handover_scale is for sampling only: edits draw with the model alone
+    fields = ("classes", "per_class", "seed", "previews", *_SETTINGS_FIELDS, "handover_scale")
     body = _check_fields(body, fields, required=("classes",))
     chosen = body["classes"]
     if not isinstance(chosen, list) or not chosen:
@@ -167,7 +182,7 @@ def parse_sample(body, model: DemoModel, defaults: SamplingSettings, limits: Dem
         classes=classes,
         per_class=per_class,
         seed=_integer(body, "seed", 0, SEED_MAX, 0),
-        settings=_settings(body, defaults, limits, len(model.scale_sides)),
+        settings=_handover(body, model, _settings(body, defaults, limits, len(model.scale_sides))),
         previews=_boolean(body, "previews", True),
     )
 

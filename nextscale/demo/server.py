@@ -117,10 +117,14 @@ def run_demo(
     bf16: bool = False,
     fast: bool = False,
     max_images: int = DemoLimits.max_images,
+    refiner: str | None = None,
 ) -> None:
     """Serve the demo of `model` (a model directory) or of official checkpoints (`vae` + `var`) at
-    http://host:port/ until interrupted. Loads the model first, so a bad path fails before anything listens."""
-    source = ModelSource(model=model, vae=vae, var=var, num_heads=num_heads, device=device, bf16=bf16, fast=fast)
+    http://host:port/ until interrupted; with `refiner` (a model directory on the same tokenizer) samples can hand
+    over to it. Loads the models first, so a bad path fails before anything listens."""
+    source = ModelSource(
+        model=model, vae=vae, var=var, num_heads=num_heads, device=device, bf16=bf16, fast=fast, refiner=refiner
+    )
     started = time.perf_counter()
     engine = build_engine(source, DemoLimits(max_images=max_images))
     serve(engine, host, port, open_browser, time.perf_counter() - started)
@@ -138,7 +142,8 @@ def serve(
     url = _url(sock)
     loaded = f" loaded in {loaded_seconds:.1f} s" if loaded_seconds is not None else ""
     examples = f", {len(engine.examples)} example images" if engine.examples else ""
-    print(f"nextscale demo: {engine.source.label}{loaded} ({engine.source.device}{examples})", flush=True)
+    refiner = f" + refiner {engine.source.refiner_label}" if engine.source.refiner is not None else ""
+    print(f"nextscale demo: {engine.source.label}{refiner}{loaded} ({engine.source.device}{examples})", flush=True)
     if not is_loopback(host):
         print(f"nextscale demo: note: listening on {host}, reachable from other machines (no authentication)")
     print(f"nextscale demo: open {url} (Ctrl+C to stop)", flush=True)

@@ -114,6 +114,25 @@ function fillSettings(prefix, defaults) {
   });
 }
 
+// The handover scale (a model with a refiner only): the model drafts the scales before it, the refiner draws the rest.
+function fillHandover(info) {
+  if (!info.refiner) return;  // hidden, and left out of the requests: the server refuses a handover without a refiner
+  const field = $("sample-handover-scale");
+  field.value = Math.min(info.defaults.sample.handover_scale, info.scales.length);
+  field.max = String(info.scales.length);
+  field.addEventListener("input", describeHandover);
+  $("sample-handover").hidden = false;
+  describeHandover();
+}
+
+function describeHandover() {
+  const sides = state.info.scales;
+  const k = Number($("sample-handover-scale").value);
+  $("sample-handover-hint").textContent = Number.isInteger(k) && k > 0 && k < sides.length
+    ? `the model drafts up to ${sides[k - 1]}×${sides[k - 1]}, the refiner draws from ${sides[k]}×${sides[k]} on`
+    : `0 (or ${sides.length}) = the model alone`;
+}
+
 function className(label) {
   const names = state.info.class_names;
   return names ? names[label] : `class ${label}`;
@@ -246,6 +265,7 @@ function runSample(event) {
   event.preventDefault();
   const settings = settingsOf("sample");
   const body = { classes: chosenClasses(), per_class: numberValue("sample-per-class"), ...settings };
+  if (state.info.refiner) body.handover_scale = numberValue("sample-handover-scale");
   runJob("sample", "/api/sample", body, (done) => done.label_names.map(
     (name, i) => ({ caption: name, file: `${name}_seed${done.settings.seed}_${i}` })));
 }
@@ -448,7 +468,8 @@ function showTab(name) {
 
 function describeModel(info) {
   const classes = info.class_names ? `${info.num_classes} classes` : `${info.num_classes} classes (ids)`;
-  $("model-info").textContent = `${info.model} · ${info.image_size}×${info.image_size} px · scales `
+  const refiner = info.refiner ? ` · refiner ${info.refiner}` : "";
+  $("model-info").textContent = `${info.model}${refiner} · ${info.image_size}×${info.image_size} px · scales `
     + `${info.scales.join(", ")} · ${classes} · ${info.device} ${info.precision}`;
 }
 
@@ -509,6 +530,7 @@ async function start() {
   fillExamples(info);
   fillSettings("sample", info.defaults.sample);
   fillSettings("edit", info.defaults.edit);
+  fillHandover(info);
   $("sample-per-class").value = Math.max(1, Math.min(4, Math.floor(info.limits.max_images / 2)));
   $("edit-samples").value = Math.min(4, info.limits.max_images);
 
