@@ -27,9 +27,11 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x_BCHW)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x_BCHW) + h
+        # in place on the fresh outputs of the norms and convs (autograd needs neither): on a CPU a large new tensor
+        # costs its page faults, more than the activation itself
+        h = self.conv1(F.silu(self.norm1(x_BCHW), inplace=True))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))
+        return h.add_(self.nin_shortcut(x_BCHW))
 
 
 class AttnBlock(nn.Module):
@@ -46,7 +48,7 @@ class AttnBlock(nn.Module):
         q, k, v = self.qkv(self.norm(x_BCHW)).reshape(B, 3, C, H * W).unbind(1)
         weights_BNN = torch.bmm(q.transpose(1, 2), k).mul_(C**-0.5).softmax(dim=2)
         h_BCN = torch.bmm(v, weights_BNN.transpose(1, 2))
-        return x_BCHW + self.proj_out(h_BCN.reshape(B, C, H, W))
+        return self.proj_out(h_BCN.reshape(B, C, H, W)).add_(x_BCHW)
 
 
 class Downsample(nn.Module):
@@ -142,7 +144,7 @@ class Encoder(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
 
 
 class Decoder(nn.Module):
@@ -188,4 +190,4 @@ class Decoder(nn.Module):
             h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))
