@@ -214,9 +214,11 @@ def sample_scales(
                 )
             else:
                 hidden_2BlC = model.step_hidden(x_BlC, cond_BD, cache)
-            logits_2BlV = model.logits(hidden_2BlC, cond_BD)
-        if rows == 2:
-            guidance = settings.cfg * ratio
+            guidance = settings.cfg * ratio if rows == 2 else 0.0
+            # where the guidance weight is 0 (the first scale) the unconditional rows only fill the cache: no head
+            head_rows = rows * B if guidance != 0 else B
+            logits_2BlV = model.logits(hidden_2BlC[:head_rows], cond_BD[:head_rows])
+        if head_rows > B:
             logits_BlV = (1 + guidance) * logits_2BlV[:B] - guidance * logits_2BlV[B:]
         else:
             logits_BlV = logits_2BlV

@@ -325,6 +325,31 @@ def test_without_guidance_one_row_per_image_draws_what_the_two_row_path_draws(de
     assert all(torch.equal(a, b) for a, b in zip(unguided.token_maps, refined.token_maps))
 
 
+def test_the_first_scale_runs_the_head_on_the_class_rows_only_and_draws_what_both_rows_draw(debug_models):
+    """The guidance weight is cfg·k/(K-1): 0 at the first scale, where the guided logits are the conditional ones.
+    There the unconditional rows still run through the blocks (later scales attend to their keys) but skip the
+    head; the logits equal those of the head run on both rows."""
+    tokenizer, model = debug_models
+    K = model.schedule.num_scales
+    head_rows, logits = [], model.logits
+
+    def counting(x_BLC, cond_BD):
+        head_rows.append(x_BLC.shape[0])
+        return logits(x_BLC, cond_BD)
+
+    model.logits = counting
+    try:
+        out = generate(model, tokenizer, [1, 2, 3], cfg=2.0, seed=4, trace=True)
+    finally:
+        del model.logits
+    assert head_rows == [3] + [6] * (K - 1)
+    with torch.no_grad():
+        null = model.config.null_class
+        cond = model.class_embed(torch.tensor([1, 2, 3, null, null, null]))
+        both = model.logits(model.step_hidden(model.start_tokens(cond), cond, model.new_cache()), cond)
+    torch.testing.assert_close(out.trace["logits"][0], both[:3], rtol=0, atol=1e-6)
+
+
 def test_guidance_scales_combines_with_pruning_and_is_validated(debug_models):
     tokenizer, model = debug_models
     K = model.schedule.num_scales
