@@ -91,6 +91,8 @@ class Pipeline:
         if self.fast:
             cast = None if self.dtype == torch.float32 else self.dtype
             prepare_for_inference(self.tokenizer, self.model, dtype=cast)
+            if self.refiner is not None:  # the same weights' precision for both transformers
+                prepare_transformer(self.refiner, dtype=cast)
         for transformer in (self.model, self.refiner):
             if transformer is not None and (self.quantize is not None or self.compile):
                 prepare_transformer(transformer, quantize=self.quantize, compile=self.compile)

@@ -117,3 +117,12 @@ def test_a_pipeline_with_a_refiner_hands_over_at_the_settings_scale(make_debug_p
     direct = generate(drafter, tokenizer, [0, 3], "fid", seed=2, refiner=refiner, handover_scale=2)
     assert torch.equal(pipe.generate([0, 3], seed=2, handover_scale=2), direct.images)
     assert not torch.equal(pipe.generate([0, 3], seed=2), direct.images)  # handover_scale 0: the drafter alone
+
+
+def test_a_fast_bf16_pipeline_casts_the_refiner_with_the_drafter(make_debug_pair):
+    from nextscale import Pipeline
+
+    tokenizer, drafter = make_debug_pair(0)
+    _, refiner = make_debug_pair(1)
+    Pipeline(tokenizer, drafter, "fid", dtype=torch.bfloat16, fast=True, refiner=refiner)
+    assert {p.dtype for p in drafter.parameters()} == {p.dtype for p in refiner.parameters()} == {torch.bfloat16}
