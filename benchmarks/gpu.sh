@@ -24,9 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 python benchmarks/device_tokens.py --device "$device"
-for batch in $batches; do
-  echo "== d$depth sampling, batch $batch, $device =="
-  python benchmarks/official_side_by_side.py "${official[@]}" --device "$device" --depth "$depth" \
-    --tokenizer "$tokenizer" "${channels[@]}" --batch-size "$batch" --precisions "$precisions" \
-    --repeats "$repeats" --train-depth 0 --without-fast
-done
+echo "== d$depth sampling, batches $batches, $device =="
+python benchmarks/official_side_by_side.py "${official[@]}" --device "$device" --depth "$depth" \
+  --tokenizer "$tokenizer" "${channels[@]}" --batch-sizes "${batches// /,}" --precisions "$precisions" \
+  --repeats "$repeats" --train-depth 0 --without-fast

@@ -1,8 +1,8 @@
 """nextscale against the official VAR code, side by side in one process: the same random weights, the same tokens,
 and images/s of sampling and training, interleaved repeats (min and median).
 
-    python benchmarks/official_side_by_side.py --official-src ../VAR                   # d16, 256 px, batch 8
-    python benchmarks/official_side_by_side.py --official-src ../VAR --depth 8 --batch-size 2 --repeats 2
+    python benchmarks/official_side_by_side.py --official-src ../VAR --batch-sizes 1,4,8   # d16, 256 px
+    python benchmarks/official_side_by_side.py --official-src ../VAR --depth 8 --batch-sizes 2 --repeats 2
     python benchmarks/official_side_by_side.py                                           # nextscale's own figures
 
 `--official-src` is a checkout of FoundationVision/VAR (it is imported from there, never copied here). Weights: the
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16, help="transformer depth (width 64·depth, as released)")
     parser.add_argument("--tokenizer", default="vqvae-f16-c160", help="tokenizer preset (the released 256-px one)")
     parser.add_argument("--tokenizer-channels", type=int, help="override its base channels (160) for a quick run")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-sizes", default="8", help="comma-separated sampling and decoder batch sizes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
     parser.add_argument("--force-bf16", action="store_true", help="time bf16 even without native bf16 matmuls")
@@ -165,9 +165,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    device, B = args.device, args.batch_size
+    device, batch_sizes = args.device, [int(b) for b in args.batch_sizes.split(",")]
     settings = SAMPLING_PRESETS["fid"]
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {B}, "
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches {batch_sizes}, "
           f"d{args.depth}, tokenizer {args.tokenizer}, sampling {settings}")  # fmt: skip
 
     torch.manual_seed(args.seed)
@@ -180,8 +180,23 @@ def main() -> None:
         model = var_from_official(var_state, tokenizer.token_space, device=device)
         tokenizer = tokenizer_from_official(to_official_tokenizer(tokenizer), tokenizer.config.patch_nums, device)
     else:
+        official_vae = official_var = None
         model = VAR(VARConfig(depth=args.depth), tokenizer.token_space).to(device).eval()
         tokenizer = tokenizer.to(device).eval()
+    rows = []
+    for B in batch_sizes:
+        rows += batch_rows(args, B, settings, models, tokenizer, model, official_vae, official_var)
+    if args.train_depth:
+        rows += training_rows(args, models, tokenizer, device)
+    print()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:{width}s}  {value}")
+
+
+def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, official_var) -> list[tuple[str, str]]:
+    """Same tokens, then sampling, the decoder and the transformer's share of the matmul peak at batch B."""
+    device, rows = args.device, []
     labels = torch.arange(B, device=device) * 37 % 1000
 
     # ---- the same tokens ------------------------------------------------------------------------------------------
@@ -190,14 +205,14 @@ def main() -> None:
         theirs = official_tokens(models, official_var, labels, args.seed, settings)
         differ = sum(int((a.reshape(B, -1) != b).sum()) for a, b in zip(ours, theirs))
         total = sum(b.numel() for b in theirs)
-        print(f"same seed, fp32: {total - differ} of {total} drawn tokens identical to the official sampler's")
+        print(f"batch {B}, same seed, fp32: {total - differ} of {total} drawn tokens identical to the official's")
+        rows.append((f"same tokens b{B}", f"{total - differ} of {total}"))
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
     flops = FlopCounterMode(display=False)
     with flops, torch.no_grad():
         _transformer_only(model, labels)
     transformer_flops = flops.get_total_flops()
-    rows = []
     for name in args.precisions.split(","):
         dtype = PRECISIONS[name]
         if dtype != torch.float32 and not native_bf16(device) and not args.force_bf16:
@@ -230,12 +245,11 @@ def main() -> None:
         print(f"{name} sampling, {B} images per run:")
         times = interleaved(named, args.repeats, device)
         for label, values in times.items():
-            rows.append((f"sampling {name} {label}", describe(values, B)))
+            rows.append((f"sampling {name} b{B} {label}", describe(values, B)))
         if "official" in times:
-            rows.append(
-                (f"sampling {name} nextscale / official", f"{min(times['official']) / min(times['nextscale']):.2f}x")
-            )
-        rows.append((f"sampling {name} peak memory (process)", f"{peak_memory_mb(device):.0f} MiB"))
+            ratio = min(times["official"]) / min(times["nextscale"])
+            rows.append((f"sampling {name} b{B} nextscale / official", f"{ratio:.2f}x"))
+        rows.append((f"sampling {name} b{B} peak memory (process)", f"{peak_memory_mb(device):.0f} MiB"))
 
         f_hat = torch.randn(B, tokenizer.latent_channels, 16, 16, device=device)
         decoders = {"nextscale": lambda t=fast_tokenizer, f=f_hat: t.decode_fhat(f)}
@@ -249,25 +263,18 @@ def main() -> None:
         with torch.no_grad():
             times = interleaved(decoders, args.repeats, device)
         for label, values in times.items():
-            rows.append((f"decoder {name} {label}", describe(values, B)))
+            rows.append((f"decoder {name} b{B} {label}", describe(values, B)))
         if "official" in times:
-            rows.append(
-                (f"decoder {name} nextscale / official", f"{min(times['official']) / min(times['nextscale']):.2f}x")
-            )
+            ratio = min(times["official"]) / min(times["nextscale"])
+            rows.append((f"decoder {name} b{B} nextscale / official", f"{ratio:.2f}x"))
 
         with torch.no_grad():
             run = lambda m=fast_model: _transformer_only(m, labels)  # noqa: E731
             transformer_time = min(timed(run, device) for _ in range(2))
-        rows.append((f"transformer {name} fraction of matmul peak",
+        rows.append((f"transformer {name} b{B} fraction of matmul peak",
                      f"{transformer_flops / transformer_time / peak:.1%} ({transformer_flops / 1e12:.2f} TFLOP in "
                      f"{transformer_time:.2f} s)"))  # fmt: skip
-
-    if args.train_depth:
-        rows += training_rows(args, models, tokenizer, device)
-    print()
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:{width}s}  {value}")
+    return rows
 
 
 def _transformer_only(model: VAR, labels: torch.Tensor) -> None:

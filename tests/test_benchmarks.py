@@ -11,11 +11,17 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 def test_side_by_side_harness_runs_without_the_official_code():
     command = [sys.executable, str(BENCHMARKS / "official_side_by_side.py"), "--tokenizer", "fmnist-32", "--depth", "1",
-               "--batch-size", "2", "--repeats", "1", "--train-depth", "1", "--train-batch-size", "2",
+               "--batch-sizes", "1,2", "--repeats", "1", "--train-depth", "1", "--train-batch-size", "2",
                "--device", "cpu"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    for row in ("sampling fp32 nextscale", "decoder fp32 nextscale", "fraction of matmul peak", "training fp32 d1"):
+    for row in (
+        "sampling fp32 b1 nextscale",
+        "sampling fp32 b2 nextscale",
+        "decoder fp32 b2 nextscale",
+        "fraction of matmul peak",
+        "training fp32 d1",
+    ):
         assert row in result.stdout, result.stdout
 
 
@@ -35,5 +41,5 @@ def test_the_gpu_script_runs_on_the_cpu_at_toy_sizes():
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2080 of 2080 greedy tokens identical" in result.stdout
-    for row in ("sampling fp32 nextscale without fast", "sampling fp32 peak memory", "batch 2"):
+    for row in ("sampling fp32 b1 nextscale without fast", "sampling fp32 b2 peak memory", "batches 1 2"):
         assert row in result.stdout, result.stdout
