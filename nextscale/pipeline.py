@@ -108,12 +108,13 @@ class Pipeline:
         settings: SamplingSettings | str | None = None,
         quantize: str | None = None,
         fast: bool = False,
+        refiner: VAR | None = None,
     ) -> Pipeline:
         """From a directory written by `save_pretrained` (both parts needed); class names from its metadata, and the
         sampling settings it records as its default unless `settings` are given (else the `DEFAULT_PRESET`).
         `quantize="int8"`: see the field. `fast`: the models prepared for fast inference and, where the directory
         records a measured fast recipe (`recorded_fast`), its sampling changes and its quantisation (on a CPU in
-        fp32; elsewhere only the sampling changes apply)."""
+        fp32; elsewhere only the sampling changes apply). `refiner`: see the field."""
         tokenizer, model = from_pretrained(directory, device)
         if tokenizer is None or model is None:
             raise UsageError(f"{directory} needs both tokenizer/ and transformer/ for a pipeline")
@@ -125,7 +126,8 @@ class Pipeline:
             settings = replace(SamplingSettings.resolve(settings), **recipe.get("sampling", {}))
             if quantize is None and torch.device(device).type == "cpu" and resolve_dtype(dtype) == torch.float32:
                 quantize = recipe.get("quantize")
-        return cls(tokenizer, model, settings, classes, dtype, source=str(directory), quantize=quantize, fast=fast)
+        return cls(tokenizer, model, settings, classes, dtype, source=str(directory), quantize=quantize, fast=fast,
+                   refiner=refiner)  # fmt: skip
 
     @classmethod
     def from_official(

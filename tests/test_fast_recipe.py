@@ -39,6 +39,19 @@ def test_from_pretrained_fast_applies_the_recorded_recipe(tmp_path: Path):
     assert without_recipe.settings.guidance_scales == 0 and not is_quantized(without_recipe.model.blocks[0].mlp.fc1)
 
 
+def test_the_demo_loads_a_fast_model_with_its_recipe_and_a_refiner(tmp_path: Path):
+    from nextscale.demo.model import ModelSource
+
+    directory = _model(tmp_path, fast=FAST)
+    refiner = save_pretrained(tmp_path / "refiner", *debug_pair(seed=3))
+    demo = ModelSource(model=str(directory), fast=True, refiner=str(refiner)).load()
+    pipeline = demo.pipeline
+    assert pipeline.settings.guidance_scales == 2 and is_quantized(pipeline.model.blocks[0].mlp.fc1)
+    assert pipeline.refiner is not None and is_quantized(pipeline.refiner.blocks[0].mlp.fc1)  # both transformers
+    plain = ModelSource(model=str(directory)).load().pipeline
+    assert plain.settings.guidance_scales == 0 and plain.refiner is None
+
+
 def test_the_command_lines_fast_flag_applies_the_recipe_under_the_flags_given(tmp_path: Path):
     directory = _model(tmp_path, fast=FAST)
     base = ["sample-set", "--model", str(directory), "--device", "cpu", "--no-progress", "--per-class", "1",

@@ -51,15 +51,15 @@ class ModelSource:
 
     def load(self) -> DemoModel:
         dtype = torch.bfloat16 if self.bf16 else torch.float32
-        if self.model is not None:
-            pipeline = Pipeline.from_pretrained(self.model, device=self.device, dtype=dtype)
-        else:
-            for what, path in (("tokenizer", self.vae), ("transformer", self.var)):
-                if ("/" in path or path.endswith((".pth", ".pt"))) and not Path(path).is_file():
-                    raise FileNotFoundError(f"official {what} checkpoint not found: {path}")
-            pipeline = Pipeline.from_official(
-                self.vae, self.var, num_heads=self.num_heads, device=self.device, dtype=dtype
+        if self.model is not None:  # with `fast`, the model's measured fast recipe too (as `nextscale demo --fast`)
+            pipeline = Pipeline.from_pretrained(
+                self.model, device=self.device, dtype=dtype, fast=self.fast, refiner=self._load_refiner()
             )
+            return DemoModel(pipeline)
+        for what, path in (("tokenizer", self.vae), ("transformer", self.var)):
+            if ("/" in path or path.endswith((".pth", ".pt"))) and not Path(path).is_file():
+                raise FileNotFoundError(f"official {what} checkpoint not found: {path}")
+        pipeline = Pipeline.from_official(self.vae, self.var, num_heads=self.num_heads, device=self.device, dtype=dtype)
         return DemoModel(replace(pipeline, fast=self.fast, refiner=self._load_refiner()))
 
     def _load_refiner(self) -> VAR | None:
