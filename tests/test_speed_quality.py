@@ -38,6 +38,11 @@ def test_the_fast_choice_is_the_fastest_option_within_the_fid_budget(tmp_path: P
     assert rows["a little faster"]["speedup_batch100"] == pytest.approx(1.25)
     assert rows["much faster"]["speedup_batch1"] == pytest.approx(50 / 30)
     assert script.fastest_within_budget(list(rows.values()))["name"] == "a little faster"
+    with_refiner = _data()
+    with_refiner["options"]["with a refiner"] = {**with_refiner["options"]["a little faster"], "refiner": "small"}
+    with_refiner["options"]["with a refiner"]["speed"] = {"images_per_s_batch100": 80.0, "latency_ms_batch1": 20.0}
+    rows = script.summarized(with_refiner)
+    assert script.fastest_within_budget(rows)["name"] == "a little faster"  # a recipe is one model's: not chosen
 
 
 def test_the_report_rewrites_the_marked_table_and_checks_it(tmp_path: Path):
@@ -70,11 +75,17 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     tokenizer = Tokenizer(tokenizer_preset("debug"))
     model = VAR(var_preset("debug", num_classes=10), tokenizer.token_space)
     directory = save_pretrained(tmp_path / "model", tokenizer, model)
+    refiner = save_pretrained(tmp_path / "refiner", tokenizer, VAR(var_preset("debug", num_classes=10, depth=1),
+                                                                   tokenizer.token_space))  # fmt: skip
     data = tmp_path / "data.json"
     argv = ["speed", "--model", str(directory), "--data", str(data), "--repeats", "1", "--batch", "4"]
     assert script.main(argv) == 0
     recorded = json.loads(data.read_text())
+    assert set(recorded["options"]) == {option.name for option in script.OPTIONS if not option.refiner}
+    assert script.main([*argv, "--refiner", str(refiner)]) == 0
+    recorded = json.loads(data.read_text())
     assert set(recorded["options"]) == {option.name for option in script.OPTIONS}
+    assert recorded["options"]["refiner from scale 4"]["refiner"] == str(refiner)
     for option in recorded["options"].values():
         assert option["speed"]["images_per_s_batch100"] > 0 and option["speed"]["latency_ms_batch1"] > 0
     assert recorded["decoder_seconds_batch100"] > 0 and recorded["machine"]["threads"] >= 1

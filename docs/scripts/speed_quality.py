@@ -38,6 +38,7 @@ class Option:
     name: str
     settings: dict = field(default_factory=dict)  # SamplingSettings fields changed from the model's preset
     prepare: dict = field(default_factory=dict)  # prepare_for_inference keywords (none: the model as loaded)
+    refiner: bool = False  # collaborative decoding with the --refiner model (settings: its handover scale)
 
 
 OPTIONS = (
@@ -53,17 +54,37 @@ OPTIONS = (
     Option("int8 + NHWC", prepare={"quantize": "int8", "channels_last": True}),
     Option("int8 + NHWC + guidance to 5", {"guidance_scales": 5}, {"quantize": "int8", "channels_last": True}),
     Option("int8 + NHWC + guidance to 4", {"guidance_scales": 4}, {"quantize": "int8", "channels_last": True}),
+    Option("compiled step", prepare={"compile": True, "channels_last": False}),
+    Option("refiner from scale 5", {"handover_scale": 5}, refiner=True),
+    Option("refiner from scale 4", {"handover_scale": 4}, refiner=True),
+    Option(
+        "int8 + NHWC + refiner from scale 5",
+        {"handover_scale": 5},
+        {"quantize": "int8", "channels_last": True},
+        refiner=True,
+    ),  # fmt: skip
 )
 
 
-def load_pipeline(model: str, option: Option):
-    from nextscale.inference import prepare_for_inference
-    from nextscale.pipeline import Pipeline
+def active_options(args) -> tuple[Option, ...]:
+    """The options this run can measure: those with a refiner only when --refiner names one."""
+    return tuple(option for option in OPTIONS if args.refiner or not option.refiner)
 
-    pipe = Pipeline.from_pretrained(model)
+
+def load_pipeline(model: str, option: Option, refiner: str | None = None):
+    from nextscale.inference import prepare_for_inference, prepare_transformer
+    from nextscale.pipeline import Pipeline
+    from nextscale.pretrained import from_pretrained
+
+    second = from_pretrained(refiner)[1] if option.refiner else None
+    pipe = Pipeline.from_pretrained(model, refiner=second)
     pipe.settings = replace(pipe.settings, **option.settings)
     if option.prepare:
         prepare_for_inference(pipe.tokenizer, pipe.model, **option.prepare)
+        if second is not None:
+            prepare_transformer(
+                second, quantize=option.prepare.get("quantize"), compile=bool(option.prepare.get("compile"))
+            )
     return pipe
 
 
@@ -78,9 +99,11 @@ def write(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
-def entry(data: dict, option: Option) -> dict:
+def entry(data: dict, option: Option, refiner: str | None = None) -> dict:
     record = data["options"].setdefault(option.name, {})
     record.update(settings=option.settings, prepare=option.prepare)
+    if option.refiner:
+        record["refiner"] = refiner
     record.setdefault("quality", [])
     return record
 
@@ -90,11 +113,13 @@ def measure_quality(args, data: dict) -> None:
     from nextscale.eval.sample_set import class_balanced_npz
 
     for seed in args.seeds:  # every option's first seed before any option's second: a cut run stays balanced
-        for option in OPTIONS:
-            record = entry(data, option)
+        for option in active_options(args):
+            record = entry(data, option, args.refiner)
+            if record.get("refiner", args.refiner) != args.refiner:
+                raise SystemExit(f"{option.name}: recorded with the refiner {record['refiner']}, not {args.refiner}")
             if any(q["sample_seed"] == seed for q in record["quality"]):
                 continue
-            pipe = load_pipeline(args.model, option)
+            pipe = load_pipeline(args.model, option, args.refiner)
             path = args.work / f"{option.name.replace(' ', '_').replace('%', 'pc')}-seed{seed}.npz"
             class_balanced_npz(pipe, pipe.settings, 200, 100, seed, path, description=f"{option.name} seed {seed}")
             scores = evaluate_samples(EvaluationConfig(samples=str(path), reference="fashion-mnist:test"), False)
@@ -109,7 +134,8 @@ def measure_speed(args, data: dict) -> None:
 
     from nextscale.timing import interleaved_times, time_interleaved
 
-    pipes = {option.name: load_pipeline(args.model, option) for option in OPTIONS}
+    options = active_options(args)
+    pipes = {option.name: load_pipeline(args.model, option, args.refiner) for option in options}
     labels = [i % 10 for i in range(args.batch)]
     samplers = {name: (lambda n, pipe=pipe: pipe.generate(labels[:n], seed=0)) for name, pipe in pipes.items()}
     with torch.inference_mode():
@@ -120,13 +146,13 @@ def measure_speed(args, data: dict) -> None:
         f_hat = torch.randn(args.batch, exact.tokenizer.token_space.latent_channels, side, side)
         decoders = {"decoder": lambda: exact.tokenizer.decode_fhat(f_hat)}
         decode_seconds = min(interleaved_times(decoders, args.repeats)["decoder"])
-    for option in OPTIONS:
-        entry(data, option)["speed"] = timings[option.name]
+    for option in options:
+        entry(data, option, args.refiner)["speed"] = timings[option.name]
     data["decoder_seconds_batch100"] = decode_seconds
     data["machine"] = {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name(),
                        "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
     write(args.data, data)
-    for option in OPTIONS:
+    for option in options:
         t = timings[option.name]
         print(f"{option.name:32s} {t['images_per_s_batch100']:7.1f} images/s  {t['latency_ms_batch1']:7.1f} ms")
 
@@ -153,7 +179,8 @@ def summarized(data: dict) -> list[dict]:
     for name, record in sorted(data["options"].items(), key=lambda item: order.get(item[0], len(order))):
         if not record["quality"]:
             continue
-        row = {"name": name, "settings": record["settings"], "prepare": record["prepare"], "speed": record.get("speed")}
+        row = {"name": name, "settings": record["settings"], "prepare": record["prepare"], "speed": record.get("speed"),
+               "refiner": record.get("refiner")}  # fmt: skip
         row["seeds"] = len(record["quality"])
         for key in QUALITY_KEYS:
             values = np.array([q[key] for q in record["quality"]], dtype=float)
@@ -176,8 +203,9 @@ def summarized(data: dict) -> list[dict]:
 
 
 def fastest_within_budget(rows: list[dict]) -> dict | None:
-    """The option with the most images/s at batch 100 whose mean FID is within FID_BUDGET of the exact path's."""
-    allowed = [r for r in rows if "speedup_batch100" in r and r["fid_change"] <= FID_BUDGET]
+    """The option with the most images/s at batch 100 whose mean FID is within FID_BUDGET of the exact path's, among
+    those of the model alone (a recipe is a change of one model's settings: options with a refiner are not chosen)."""
+    allowed = [r for r in rows if "speedup_batch100" in r and r["fid_change"] <= FID_BUDGET and not r["refiner"]]
     return max(allowed, key=lambda r: r["speedup_batch100"], default=None)
 
 
@@ -195,10 +223,16 @@ def table(data: dict) -> str:
         lines.append(f"| {r['name']} | {timing} | {r['fid']:.2f} ± {r['fid_sd']:.2f} | "
                      f"{100 * r.get('fid_change', 0):+.1f} ± {100 * r.get('fid_change_sd', 0):.1f} % | "
                      f"{100 * r['class_accuracy']:.1f} % | {r['recall']:.3f} | {r['seeds']} |")  # fmt: skip
+    refiners = sorted({r["refiner"] for r in rows if r["refiner"]})
+    if refiners:
+        lines.append("")
+        lines.append(f"Refiner of the collaborative-decoding rows: {', '.join(refiners)} (the model drafts the scales "
+                     f"before the handover, the refiner draws the rest).")  # fmt: skip
     best = fastest_within_budget(rows)
     if best is not None:
         lines.append("")
-        lines.append(f"Fastest option within +{100 * FID_BUDGET:.0f} % FID of the exact path: **{best['name']}** "
+        lines.append(f"Fastest option of the model alone within +{100 * FID_BUDGET:.0f} % FID of the exact path: "
+                     f"**{best['name']}** "
                      f"({best['speedup_batch100']:.2f}× at batch 100, {best['speedup_batch1']:.2f}× at batch 1, "
                      f"FID {100 * best['fid_change']:+.1f} ± {100 * best['fid_change_sd']:.1f} %).")  # fmt: skip
         if best["fid_change"] + best["fid_change_sd"] > FID_BUDGET:
@@ -284,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--document", type=Path, default=DOCUMENT)
     parser.add_argument("--figure", type=Path, default=FIGURE)
     parser.add_argument("--check", action="store_true", help="report: exit 1 when the document differs")
+    parser.add_argument("--refiner", help="quality/speed: a model directory on the same tokenizer for the "
+                        "collaborative-decoding options (left out: those options are skipped)")  # fmt: skip
     parser.add_argument(
         "--record-fast", help="report: write the fast recipe into this model directory's nextscale.json"
     )
