@@ -88,7 +88,8 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     assert recorded["options"]["refiner from scale 4"]["refiner"] == str(refiner)
     for option in recorded["options"].values():
         assert option["speed"]["images_per_s_batch100"] > 0 and option["speed"]["latency_ms_batch1"] > 0
-    assert recorded["decoder_seconds_batch100"] > 0 and recorded["machine"]["threads"] >= 1
+    assert recorded["decoder_seconds_batch100"] > 0 and recorded["decoder_nhwc_seconds_batch100"] > 0
+    assert recorded["machine"]["threads"] >= 1
 
 
 @pytest.mark.skipif(
