@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
+import platform
 import resource
 import statistics
 import sys
@@ -164,6 +166,9 @@ def main() -> None:
     parser.add_argument("--without-fast", action="store_true", help="also time nextscale without --fast")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--json", type=Path, help="also write every timing round here (e.g. docs/data/side_by_side.json)"
+    )
     args = parser.parse_args()
     device, batch_sizes = args.device, [int(b) for b in args.batch_sizes.split(",")]
     settings = SAMPLING_PRESETS["fid"]
@@ -183,19 +188,24 @@ def main() -> None:
         official_vae = official_var = None
         model = VAR(VARConfig(depth=args.depth), tokenizer.token_space).to(device).eval()
         tokenizer = tokenizer.to(device).eval()
-    rows = []
+    rows, records = [], []
     for B in batch_sizes:
-        rows += batch_rows(args, B, settings, models, tokenizer, model, official_vae, official_var)
+        rows += batch_rows(args, B, settings, models, tokenizer, model, official_vae, official_var, records)
     if args.train_depth:
-        rows += training_rows(args, models, tokenizer, device)
+        rows += training_rows(args, models, tokenizer, device, records)
+    if args.json:
+        write_records(args.json, records)
     print()
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:{width}s}  {value}")
 
 
-def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, official_var) -> list[tuple[str, str]]:
-    """Same tokens, then sampling, the decoder and the transformer's share of the matmul peak at batch B."""
+def batch_rows(
+    args, B: int, settings, models, tokenizer, model, official_vae, official_var, records: list[dict]
+) -> list[tuple[str, str]]:
+    """Same tokens, then sampling, the decoder and the transformer's share of the matmul peak at batch B; the raw
+    times go into `records`."""
     device, rows = args.device, []
     labels = torch.arange(B, device=device) * 37 % 1000
 
@@ -207,6 +217,7 @@ def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, o
         total = sum(b.numel() for b in theirs)
         print(f"batch {B}, same seed, fp32: {total - differ} of {total} drawn tokens identical to the official's")
         rows.append((f"same tokens b{B}", f"{total - differ} of {total}"))
+        records.append({"part": "same tokens", "batch": B, "identical": total - differ, "total": total})
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
     flops = FlopCounterMode(display=False)
@@ -244,6 +255,7 @@ def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, o
             named["nextscale+compile"] = lambda m=compiled[1], t=compiled[0]: generate(m, t, labels, settings, seed=0)
         print(f"{name} sampling, {B} images per run:")
         times = interleaved(named, args.repeats, device)
+        records.append({"part": "sampling", "precision": name, "batch": B, "seconds": times})
         for label, values in times.items():
             rows.append((f"sampling {name} b{B} {label}", describe(values, B)))
         if "official" in times:
@@ -262,6 +274,7 @@ def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, o
             decoders = {"official": official_decode, **decoders}
         with torch.no_grad():
             times = interleaved(decoders, args.repeats, device)
+        records.append({"part": "decoder", "precision": name, "batch": B, "seconds": times})
         for label, values in times.items():
             rows.append((f"decoder {name} b{B} {label}", describe(values, B)))
         if "official" in times:
@@ -271,10 +284,25 @@ def batch_rows(args, B: int, settings, models, tokenizer, model, official_vae, o
         with torch.no_grad():
             run = lambda m=fast_model: _transformer_only(m, labels)  # noqa: E731
             transformer_time = min(timed(run, device) for _ in range(2))
+        records.append({"part": "transformer", "precision": name, "batch": B, "flops": transformer_flops,
+                        "seconds": transformer_time, "matmul_peak_flops_per_s": peak})  # fmt: skip
         rows.append((f"transformer {name} b{B} fraction of matmul peak",
                      f"{transformer_flops / transformer_time / peak:.1%} ({transformer_flops / 1e12:.2f} TFLOP in "
                      f"{transformer_time:.2f} s)"))  # fmt: skip
     return rows
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """The run's raw numbers (every round of every timing) with the command and the machine, as JSON."""
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    cpu = names[0] if names else platform.machine()
+    run = {"command": "python benchmarks/official_side_by_side.py " + " ".join(sys.argv[1:]),
+           "machine": {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__},
+           "records": records}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=1) + "\n")
+    print(f"raw numbers: {path}")
 
 
 def _transformer_only(model: VAR, labels: torch.Tensor) -> None:
@@ -289,7 +317,7 @@ def _transformer_only(model: VAR, labels: torch.Tensor) -> None:
             x = model.scale_tokens(k + 1, inputs).repeat(2, 1, 1)
 
 
-def training_rows(args, models, tokenizer: Tokenizer, device: str) -> list[tuple[str, str]]:
+def training_rows(args, models, tokenizer: Tokenizer, device: str, records: list[dict]) -> list[tuple[str, str]]:
     """One optimizer step of a d`train_depth` transformer on the tokenizer's token maps, both implementations."""
     B, depth = args.train_batch_size, args.train_depth
     images = torch.rand(B, 3, tokenizer.config.image_size, tokenizer.config.image_size, device=device) * 2 - 1
@@ -308,6 +336,8 @@ def training_rows(args, models, tokenizer: Tokenizer, device: str) -> list[tuple
             named["nextscale"] = _our_training_step(tokenizer, token_maps, labels, depth, cast, device)
         print(f"{name} training step, d{depth}, batch {B}:")
         times = interleaved(named, args.repeats, device)
+        records.append({"part": "training", "precision": name, "batch": B, "depth": depth, "seconds": times,
+                        "peak_memory_mb": peak_memory_mb(device)})  # fmt: skip
         for label, values in times.items():
             rows.append((f"training {name} d{depth} {label}", describe(values, B)))
         if "official" in times:
