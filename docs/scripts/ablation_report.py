@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from nextscale.experiments.ablation_report import cost_table, curve_slopes, markdown_table, plot_curves, summarize
-from nextscale.marked_sections import replace_marked_sections
+from nextscale.marked_sections import check_document, replace_marked_sections
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "ablation.json"
@@ -66,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     document = args.document.read_text()
     rendered = render(document, data)
     if args.check:
-        if rendered != document:
-            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
+        return check_document(args.document, rendered, args.data, Path(__file__).name)
     args.document.write_text(rendered)
     if data["curves"]:
         plot_curves(data, args.curves)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextscale.marked_sections import replace_marked_sections
+from nextscale.marked_sections import check_document, replace_marked_sections
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "evaluation" / "fmnist"
@@ -141,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     document = args.document.read_text()
     rendered = render(document, sets)
     if args.check:
-        if rendered != document:
-            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
+        return check_document(args.document, rendered, args.data, Path(__file__).name)
     args.document.write_text(rendered)
     plot(sets, args.plot)
     print(f"{args.document} rewritten from {args.data}; plot in {args.plot}")

@@ -54,7 +54,7 @@ def table(run: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nextscale.marked_sections import replace_marked_sections
+    from nextscale.marked_sections import check_document, replace_marked_sections
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -64,10 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     document = args.document.read_text()
     rendered = replace_marked_sections(document, "side_by_side", {"table": table(json.loads(args.data.read_text()))})
     if args.check:
-        if rendered != document:
-            print(f"{args.document} is not what {args.data} gives: run {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
+        return check_document(args.document, rendered, args.data, Path(__file__).name)
     args.document.write_text(rendered)
     print(f"{args.document} rewritten from {args.data}")
     return 0
