@@ -657,3 +657,21 @@ def test_demo_command_and_run_demo_load_the_refiner(model_dir, refiner_dir, monk
         assert refiner is not None and refiner is not engine.model.pipeline.model
         assert torch.equal(refiner.pos_embed, debug_pair(1)[1].pos_embed)
     assert len(served) == 2
+
+
+def test_the_demo_quantizes_with_quantize_int8(model_dir, refiner_dir, monkeypatch):
+    """`nextscale demo --quantize int8` and `run_demo(quantize="int8")` quantise both transformers, and the page's
+    command lines carry the flag so that `nextscale sample` reproduces the same (int8) draws."""
+    from nextscale.quantization import is_quantized
+
+    served = []
+    monkeypatch.setattr(demo_server, "serve", lambda engine, *args, **kwargs: served.append(engine))
+    argv = ["demo", "--model", str(model_dir), "--refiner", str(refiner_dir), "--quantize", "int8", "--port", "0"]
+    assert run_cli(argv, monkeypatch) == 0
+    run_demo(str(model_dir), port=0, refiner=str(refiner_dir), quantize="int8")
+    for engine in served:
+        pipeline = engine.model.pipeline
+        assert is_quantized(pipeline.model.blocks[0].mlp.fc1) and is_quantized(pipeline.refiner.blocks[0].mlp.fc1)
+        assert "--quantize" in engine.source.cli_flags() and "int8" in engine.source.precision
+    assert len(served) == 2
+    assert "--quantize" not in ModelSource(model=str(model_dir)).cli_flags()

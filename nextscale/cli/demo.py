@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 
 from nextscale.cli.common import UsageError, add_command, add_model_source, check_positive, load_pipeline
+from nextscale.cli.generate import add_quantize
 
 
 def add_commands(commands) -> None:
     p = add_command(commands, "demo", cmd_demo)
     add_model_source(p)
+    add_quantize(p)
     group = p.add_argument_group("server")
     group.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port)")
     group.add_argument(
@@ -46,6 +48,7 @@ def cmd_demo(args) -> None:
         device=args.device,
         bf16=args.bf16,
         fast=args.fast,
+        quantize=args.quantize,
         refiner=args.refiner,
     )
     engine = build_engine(source, DemoLimits(max_images=args.max_images), DemoModel(pipeline))

@@ -41,6 +41,7 @@ class ModelSource:
     device: str = "cpu"
     bf16: bool = False  # run under bf16 autocast
     fast: bool = False  # prepare the models for fast inference (see nextscale.inference)
+    quantize: str | None = None  # "int8": the transformers' block linears dynamically quantised (CPU, fp32)
     # a second model directory (or shipped name) on the same tokenizer: draws the scales from a sample request's
     # handover_scale on (collaborative decoding; edits use the first model alone)
     refiner: str | None = None
@@ -53,14 +54,15 @@ class ModelSource:
         dtype = torch.bfloat16 if self.bf16 else torch.float32
         if self.model is not None:  # with `fast`, the model's measured fast recipe too (as `nextscale demo --fast`)
             pipeline = Pipeline.from_pretrained(
-                self.model, device=self.device, dtype=dtype, fast=self.fast, refiner=self._load_refiner()
-            )
+                self.model, device=self.device, dtype=dtype, quantize=self.quantize, fast=self.fast,
+                refiner=self._load_refiner()
+            )  # fmt: skip
             return DemoModel(pipeline)
         for what, path in (("tokenizer", self.vae), ("transformer", self.var)):
             if ("/" in path or path.endswith((".pth", ".pt"))) and not Path(path).is_file():
                 raise FileNotFoundError(f"official {what} checkpoint not found: {path}")
         pipeline = Pipeline.from_official(self.vae, self.var, num_heads=self.num_heads, device=self.device, dtype=dtype)
-        return DemoModel(replace(pipeline, fast=self.fast, refiner=self._load_refiner()))
+        return DemoModel(replace(pipeline, fast=self.fast, refiner=self._load_refiner(), quantize=self.quantize))
 
     def _load_refiner(self) -> VAR | None:
         if self.refiner is None:
@@ -80,7 +82,11 @@ class ModelSource:
 
     @property
     def precision(self) -> str:
-        return ("bf16" if self.bf16 else "fp32") + (", fast" if self.fast else "")
+        return (
+            ("bf16" if self.bf16 else "fp32")
+            + (", fast" if self.fast else "")
+            + (f", {self.quantize}" if self.quantize else "")
+        )
 
     @property
     def label(self) -> str:
@@ -111,6 +117,7 @@ class ModelSource:
         if refiner and self.refiner is not None:
             flags += ["--refiner", where(self.refiner)]
         flags += ["--device", self.device]
+        flags += ["--quantize", self.quantize] if self.quantize else []
         return flags + (["--bf16"] if self.bf16 else []) + (["--fast"] if self.fast else [])
 
 

@@ -118,13 +118,13 @@ def run_demo(
     fast: bool = False,
     max_images: int = DemoLimits.max_images,
     refiner: str | None = None,
+    quantize: str | None = None,
 ) -> None:
     """Serve the demo of `model` (a model directory) or of official checkpoints (`vae` + `var`) at
     http://host:port/ until interrupted; with `refiner` (a model directory on the same tokenizer) samples can hand
     over to it. Loads the models first, so a bad path fails before anything listens."""
-    source = ModelSource(
-        model=model, vae=vae, var=var, num_heads=num_heads, device=device, bf16=bf16, fast=fast, refiner=refiner
-    )
+    source = ModelSource(model=model, vae=vae, var=var, num_heads=num_heads, device=device, bf16=bf16, fast=fast,
+                         refiner=refiner, quantize=quantize)  # fmt: skip
     started = time.perf_counter()
     engine = build_engine(source, DemoLimits(max_images=max_images))
     serve(engine, host, port, open_browser, time.perf_counter() - started)
