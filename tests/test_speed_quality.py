@@ -85,7 +85,12 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     assert script.main([*argv, "--refiner", str(refiner)]) == 0
     recorded = json.loads(data.read_text())
     assert set(recorded["options"]) == {option.name for option in script.OPTIONS}
-    assert recorded["options"]["refiner from scale 4"]["refiner"] == str(refiner)
+    assert recorded["options"]["refiner from scale 4"]["refiner"].startswith("refiner (0.")  # name, M parameters
+    other = save_pretrained(
+        tmp_path / "other", tokenizer, VAR(var_preset("debug", num_classes=10), tokenizer.token_space)
+    )
+    with pytest.raises(SystemExit, match="recorded with the refiner"):  # one refiner per option
+        script.main([*argv, "--refiner", str(other)])
     for option in recorded["options"].values():
         assert option["speed"]["images_per_s_batch100"] > 0 and option["speed"]["latency_ms_batch1"] > 0
     assert recorded["decoder_seconds_batch100"] > 0 and recorded["decoder_nhwc_seconds_batch100"] > 0

@@ -1,7 +1,7 @@
 """The speed–quality frontier of the training-free accelerations on a model (docs/performance.md, issue 20).
 
     python docs/scripts/speed_quality.py quality [--model fmnist] [--seeds 0,1,2]   # sample sets and their scores
-    python docs/scripts/speed_quality.py speed [--repeats 3]     # interleaved timings: run it on an idle machine
+    python docs/scripts/speed_quality.py speed [--repeats 5]     # interleaved timings: run it on an idle machine
     python docs/scripts/speed_quality.py report [--check] [--record-fast nextscale/assets/fmnist]   # table, figure
 
 Every option is a change to the model's own sampling settings (its recorded preset: the exact path) or to how the
@@ -71,6 +71,16 @@ def active_options(args) -> tuple[Option, ...]:
     return tuple(option for option in OPTIONS if args.refiner or not option.refiner)
 
 
+def refiner_label(refiner: str | None) -> str | None:
+    """How the data names a refiner: its folder's name and parameter count (paths differ between machines)."""
+    if refiner is None:
+        return None
+    from nextscale.pretrained import from_pretrained
+
+    transformer = from_pretrained(refiner)[1]
+    return f"{Path(refiner).name} ({sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M parameters)"
+
+
 def load_pipeline(model: str, option: Option, refiner: str | None = None):
     from nextscale.inference import prepare_for_inference, prepare_transformer
     from nextscale.pipeline import Pipeline
@@ -102,8 +112,8 @@ def write(path: Path, data: dict) -> None:
 def entry(data: dict, option: Option, refiner: str | None = None) -> dict:
     record = data["options"].setdefault(option.name, {})
     record.update(settings=option.settings, prepare=option.prepare)
-    if option.refiner:
-        record["refiner"] = refiner
+    if option.refiner and record.setdefault("refiner", refiner) != refiner:  # one refiner per option's seeds, timings
+        raise SystemExit(f"{option.name}: recorded with the refiner {record['refiner']}, not {refiner}")
     record.setdefault("quality", [])
     return record
 
@@ -114,9 +124,7 @@ def measure_quality(args, data: dict) -> None:
 
     for seed in args.seeds:  # every option's first seed before any option's second: a cut run stays balanced
         for option in active_options(args):
-            record = entry(data, option, args.refiner)
-            if record.get("refiner", args.refiner) != args.refiner:
-                raise SystemExit(f"{option.name}: recorded with the refiner {record['refiner']}, not {args.refiner}")
+            record = entry(data, option, args.refiner_label)
             if any(q["sample_seed"] == seed for q in record["quality"]):
                 continue
             pipe = load_pipeline(args.model, option, args.refiner)
@@ -139,7 +147,7 @@ def measure_speed(args, data: dict) -> None:
     labels = [i % 10 for i in range(args.batch)]
     samplers = {name: (lambda n, pipe=pipe: pipe.generate(labels[:n], seed=0)) for name, pipe in pipes.items()}
     with torch.inference_mode():
-        timings = time_interleaved(samplers, args.batch, args.repeats)
+        timings = time_interleaved(samplers, args.batch, args.repeats, latency_images=args.latency_images)
         timings.pop("_order")
         exact = pipes["exact"]
         side = exact.model.schedule.final_side
@@ -148,7 +156,7 @@ def measure_speed(args, data: dict) -> None:
         decoders = {"NCHW": lambda: exact.tokenizer.decode_fhat(f_hat), "NHWC": lambda: nhwc.decode_fhat(f_hat)}
         decode_seconds = {layout: min(t) for layout, t in interleaved_times(decoders, args.repeats).items()}
     for option in options:
-        entry(data, option, args.refiner)["speed"] = timings[option.name]
+        entry(data, option, args.refiner_label)["speed"] = timings[option.name]
     data["decoder_seconds_batch100"] = decode_seconds["NCHW"]
     data["decoder_nhwc_seconds_batch100"] = decode_seconds["NHWC"]
     data["machine"] = {"processor": platform.processor() or platform.machine(), "cpu": _cpu_name(),
@@ -334,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", choices=("quality", "speed", "report"))
     parser.add_argument("--model", default="fmnist", help="a model name or directory (default: the shipped fmnist)")
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the quality sets")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (the best is kept)")
     parser.add_argument("--batch", type=int, default=100, help="throughput batch")
+    parser.add_argument("--latency-images", type=int, default=10, help="batch-1 calls averaged per round")
     parser.add_argument("--work", type=Path, default=Path("runs/speed_quality"), help="sample sets (kept)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--document", type=Path, default=DOCUMENT)
@@ -348,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.refiner_label = refiner_label(args.refiner) if args.phase != "report" else None
     data = read(args.data)
     if args.phase == "quality":
         measure_quality(args, data)
