@@ -91,6 +91,15 @@ def test_a_step_counts_as_a_gain_only_beyond_the_seed_spread():
     assert "10.05 ± 0.34" in markdown_table(data)
 
 
+def test_a_missing_recorded_file_is_refused_before_anything_trains(tmp_path: Path):
+    from nextscale.errors import UsageError
+
+    with pytest.raises(UsageError, match="no such file"):
+        AblationConfig(recorded=str(tmp_path / "ablation.json"))
+    (tmp_path / "ablation.json").write_text("{}")
+    assert AblationConfig(recorded=str(tmp_path / "ablation.json")).recorded
+
+
 def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp_path: Path, capsys):
     pytest.importorskip("torch_fidelity", reason="evaluation needs torch-fidelity (pip install 'nextscale[eval]')")
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nextscale.data.config import DataConfig
 from nextscale.errors import UsageError
@@ -113,6 +114,8 @@ class AblationConfig:
         unknown = [name for name in self.rows if name not in known]
         if unknown or "AR" not in self.rows:
             raise UsageError(f"rows must include AR and come from {known}; got {list(self.rows)}")
+        if self.recorded and not Path(self.recorded).is_file():  # refused before anything trains
+            raise UsageError(f"recorded {self.recorded}: no such file (an ablation.json, e.g. docs/data/ablation.json)")
 
     @property
     def selected_rows(self) -> tuple[Row, ...]:
