@@ -147,7 +147,7 @@ def plot_curves(data: dict, path: Path) -> Path:
         ax.set_ylabel(y_label)
         ax.grid(True, alpha=0.3)
     axes[0].legend()
-    axes[2].set_title("test loss: 64 AR tokens vs 130 VAR tokens (not comparable across the two)", fontsize=8)
+    axes[2].set_title("test loss: 64 AR tokens vs 130 VAR tokens\n(not comparable across the two)", fontsize=8)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
