@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from nextscale.config_io import config_from_dict, config_to_dict
+from nextscale.errors import UsageError
 from nextscale.model.config import VARConfig
 from nextscale.model.raster import RasterConfig, RasterTransformer
 from nextscale.model.var import VAR
@@ -288,3 +289,15 @@ def from_pretrained(
     if tokenizer is None and model is None:
         raise CheckpointError(f"{directory} holds neither tokenizer/ nor transformer/")
     return tokenizer, model
+
+
+def load_refiner(directory: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The transformer of a model directory (or shipped name) that is to draw the later scales of another model's
+    samples (collaborative decoding): FileNotFoundError when the directory is missing, UsageError when it holds no
+    transformer/."""
+    if not resolve_model(directory).is_dir():
+        raise FileNotFoundError(f"refiner model directory not found: {directory}")
+    _, transformer = from_pretrained(directory, device)
+    if transformer is None:
+        raise UsageError(f"refiner {directory}: it holds no transformer/")
+    return transformer

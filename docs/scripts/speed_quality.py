@@ -75,18 +75,18 @@ def refiner_label(refiner: str | None) -> str | None:
     """How the data names a refiner: its folder's name and parameter count (paths differ between machines)."""
     if refiner is None:
         return None
-    from nextscale.pretrained import from_pretrained
+    from nextscale.pretrained import load_refiner
 
-    transformer = from_pretrained(refiner)[1]
+    transformer = load_refiner(refiner)
     return f"{Path(refiner).name} ({sum(p.numel() for p in transformer.parameters()) / 1e6:.2f}M parameters)"
 
 
 def load_pipeline(model: str, option: Option, refiner: str | None = None):
     from nextscale.inference import prepare_for_inference, prepare_transformer
     from nextscale.pipeline import Pipeline
-    from nextscale.pretrained import from_pretrained
+    from nextscale.pretrained import load_refiner
 
-    second = from_pretrained(refiner)[1] if option.refiner else None
+    second = load_refiner(refiner) if option.refiner else None
     pipe = Pipeline.from_pretrained(model, refiner=second)
     pipe.settings = replace(pipe.settings, **option.settings)
     if option.prepare:

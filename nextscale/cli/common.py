@@ -278,11 +278,9 @@ def load_pipeline(args):
     settings = sampling_settings(args) if hasattr(args, "preset") else "demo"
     refiner = None
     if getattr(args, "refiner", None):
-        from nextscale.pretrained import from_pretrained
+        from nextscale.pretrained import load_refiner
 
-        _, refiner = from_pretrained(args.refiner, args.device)
-        if refiner is None:
-            raise UsageError(f"--refiner {args.refiner}: it holds no transformer/")
+        refiner = load_refiner(args.refiner, args.device)
     return Pipeline(
         tokenizer,
         model,

@@ -23,7 +23,7 @@ from nextscale.editing import edit, fit_image, keep_mask_for
 from nextscale.errors import UsageError
 from nextscale.model.var import VAR
 from nextscale.pipeline import Pipeline
-from nextscale.pretrained import from_pretrained, read_metadata, resolve_model
+from nextscale.pretrained import load_refiner, read_metadata, resolve_model
 from nextscale.sampling import SamplingSettings, generate
 
 # preview(k, previews_B3HW in [0, 1]) after scale k, for every scale but the last (whose decode is the image)
@@ -65,14 +65,7 @@ class ModelSource:
         return DemoModel(replace(pipeline, fast=self.fast, refiner=self._load_refiner(), quantize=self.quantize))
 
     def _load_refiner(self) -> VAR | None:
-        if self.refiner is None:
-            return None
-        if not resolve_model(self.refiner).is_dir():
-            raise FileNotFoundError(f"refiner model directory not found: {self.refiner}")
-        _, refiner = from_pretrained(self.refiner, self.device)
-        if refiner is None:
-            raise UsageError(f"refiner {self.refiner}: it holds no transformer/")
-        return refiner
+        return None if self.refiner is None else load_refiner(self.refiner, self.device)
 
     def metadata(self) -> dict:
         """The model directory's `nextscale.json` ({} for official checkpoints): class names, training data."""
