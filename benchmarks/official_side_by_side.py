@@ -170,7 +170,13 @@ def main() -> None:
         "--json", type=Path, help="also write every timing round here (e.g. docs/data/side_by_side.json)"
     )
     args = parser.parse_args()
-    device, batch_sizes = args.device, [int(b) for b in args.batch_sizes.split(",")]
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        parser.error(f"--batch-sizes {args.batch_sizes}: comma-separated whole numbers, e.g. 1,4,8")
+    if min(batch_sizes) < 1:
+        parser.error(f"--batch-sizes {args.batch_sizes}: every batch size must be positive")
+    device = args.device
     settings = SAMPLING_PRESETS["fid"]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batches {batch_sizes}, "
           f"d{args.depth}, tokenizer {args.tokenizer}, sampling {settings}")  # fmt: skip
