@@ -25,9 +25,9 @@ from nextscale.sampling import (
     Generation,
     LabelsLike,
     SamplingSettings,
+    draw_tokens,
     make_generator,
     resolve_labels,
-    sample_top_k_top_p,
 )
 from nextscale.token_space import require_same_token_space
 from nextscale.tokenizer.tokenizer import Tokenizer
@@ -90,7 +90,7 @@ def sample_raster(
             logits_2B1V = model.step(x_2B1C, cache)
         logits_B1V = (1 + guidance) * logits_2B1V[:B] - guidance * logits_2B1V[B:] if rows == 2 else logits_2B1V
         kept_logits_B1V = logits_B1V.clone() if recorder is not None else None  # the draw filters them in place
-        idx_B1 = sample_top_k_top_p(logits_B1V, settings.top_k, settings.top_p, generator)
+        idx_B1 = draw_tokens(logits_B1V, settings, generator)
         for consume in consumers:
             consume(StepOutput(t, kept_logits_B1V, idx_B1))
         tokens_BL[:, t] = idx_B1[:, 0]

@@ -34,6 +34,7 @@ class SamplingSettings:
     prune_scales: int = 2  # how many of the largest scales prune_ratio applies to
     guidance_scales: int = 0  # guide only the first this many scales, then drop the unconditional rows (0: all)
     handover_scale: int = 0  # with a refiner model, the scale from which it takes over from the drafter (0: never)
+    inverse_cdf: bool = False  # draw each token with one uniform number (the same distribution, other tokens)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.cfg) and self.cfg >= 0):

@@ -519,19 +519,23 @@ def test_demo_command_errors_are_one_line(model_dir, tmp_path, monkeypatch, caps
             assert message in stderr and len(stderr.strip().splitlines()) == 1, stderr
 
 
-def test_guided_scales_reach_the_sampler_and_the_command_line(server, model_dir):
-    """guidance_scales from the page: the images are the pipeline's with that setting, and the command shown has it."""
-    body = {"classes": [2, 7], "per_class": 1, "seed": 5, "cfg": 3.0, "guidance_scales": 2, "previews": False}
+@pytest.mark.parametrize(
+    "field, value, off, flag",
+    [("guidance_scales", 2, 0, ["--guidance-scales", "2"]), ("inverse_cdf", True, False, ["--inverse-cdf"])],
+)
+def test_speed_up_settings_reach_the_sampler_and_the_command_line(server, model_dir, field, value, off, flag):
+    """A speed-up from the page: the images are the pipeline's with that setting, and the command shown has it."""
+    body = {"classes": [2, 7], "per_class": 1, "seed": 5, "cfg": 3.0, field: value, "previews": False}
     done = events(server.url + "api/sample", body)[-1]
     pipeline = nextscale.Pipeline.from_pretrained(model_dir)
-    expected = pipeline.generate([2, 7], seed=5, cfg=3.0, guidance_scales=2)
+    expected = pipeline.generate([2, 7], seed=5, cfg=3.0, **{field: value})
     assert [picture(url).tobytes() for url in done["images"]] == [
         array.numpy().tobytes() for array in nextscale.images.to_uint8(expected)
     ]
     argv = shlex.split(done["command"])
-    assert argv[argv.index("--guidance-scales") + 1] == "2"
-    unguided = events(server.url + "api/sample", {**body, "guidance_scales": 0})[-1]["images"]
-    assert unguided != done["images"]
+    assert argv[argv.index(flag[0]) : argv.index(flag[0]) + len(flag)] == flag
+    plain = events(server.url + "api/sample", {**body, field: off})[-1]["images"]
+    assert plain != done["images"]
 
 
 # ---- collaborative decoding: a refiner draws the scales from the request's handover_scale on -----------------------

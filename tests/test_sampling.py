@@ -6,7 +6,16 @@ import torch.nn.functional as F
 
 from nextscale.editing import edit, keep_masks_per_scale
 from nextscale.errors import UsageError
-from nextscale.sampling import SamplingSettings, generate, resolve_labels, sample_scales, sample_top_k_top_p
+from nextscale.sampling import (
+    SamplingSettings,
+    draw_tokens,
+    filter_top_k_top_p_,
+    generate,
+    resolve_labels,
+    sample_inverse_cdf,
+    sample_scales,
+    sample_top_k_top_p,
+)
 
 
 def images_for(tokenizer, batch: int, seed: int = 0) -> torch.Tensor:
@@ -124,6 +133,63 @@ def test_masked_tokens_are_never_drawn():
     expected = torch.zeros(64, dtype=torch.bool)
     expected[order[cumulative_before < 0.8]] = True
     assert torch.equal(kept, expected)
+
+
+# ---- the inverse-CDF draw ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.0), (6, 0.0), (0, 0.7), (6, 0.7), (64, 0.0), (200, 0.5)])
+def test_inverse_cdf_draws_the_filtered_distribution(top_k, top_p):
+    """The same distribution as the official draw: over 40,000 positions with one row of logits, every token's
+    frequency is within 4.5 binomial sds of its filtered softmax probability, and filtered tokens never come."""
+    row = random_logits(64, seed=3) / 3
+    probs = filter_top_k_top_p_(row.view(1, 1, 64).clone(), top_k, top_p).softmax(-1).flatten()
+    logits = row.expand(2, 20_000, 64).clone()
+    drawn = sample_inverse_cdf(logits, top_k, top_p, generator=torch.Generator().manual_seed(0))
+    assert drawn.shape == (2, 20_000) and drawn.dtype == torch.int64
+    assert torch.equal(logits, row.expand(2, 20_000, 64))  # the logits are left as they are
+    counts = torch.bincount(drawn.flatten(), minlength=64).double()
+    n = drawn.numel()
+    assert counts[probs == 0].sum() == 0
+    sd = (n * probs * (1 - probs)).sqrt().double().clamp(min=1.0)
+    assert ((counts - n * probs.double()).abs() <= 4.5 * sd).all(), (counts, n * probs)
+
+
+def test_inverse_cdf_top_k_1_draws_the_argmax_and_uses_one_number_per_token():
+    logits = random_logits(4, 50, 64)
+    drawn = sample_inverse_cdf(logits, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, logits.argmax(-1))
+    generator = torch.Generator().manual_seed(5)
+    sample_inverse_cdf(random_logits(3, 7, 64), top_k=10, generator=generator)
+    reference = torch.Generator().manual_seed(5)
+    torch.rand(3 * 7, generator=reference)  # the draw spent exactly one uniform number per position
+    assert torch.equal(generator.get_state(), reference.get_state())
+
+
+def test_draw_tokens_is_the_official_draw_unless_inverse_cdf():
+    logits = random_logits(2, 30, 64)
+    settings = SamplingSettings(top_k=9, top_p=0.9)
+    official = sample_top_k_top_p(logits.clone(), 9, 0.9, torch.Generator().manual_seed(1))
+    assert torch.equal(draw_tokens(logits.clone(), settings, torch.Generator().manual_seed(1)), official)
+    inverse = SamplingSettings(top_k=9, top_p=0.9, inverse_cdf=True)
+    drawn = draw_tokens(logits.clone(), inverse, torch.Generator().manual_seed(1))
+    kept = torch.isfinite(filter_top_k_top_p_(logits.clone(), 9, 0.9))
+    assert kept.gather(-1, drawn[..., None]).all() and not torch.equal(drawn, official)
+    smoothed = SamplingSettings(top_k=9, top_p=0.9, inverse_cdf=True, more_smooth=True)
+    masked = logits.clone()
+    drawn = draw_tokens(masked, smoothed, torch.Generator().manual_seed(1))  # Gumbel smoothing reads the filter
+    assert torch.equal(torch.isfinite(masked), kept) and kept.gather(-1, drawn[..., None]).all()
+
+
+def test_inverse_cdf_sampling_draws_other_tokens_of_the_same_model(debug_models):
+    tokenizer, model = debug_models
+    exact = generate(model, tokenizer, [1, 2, 3], cfg=1.5, top_k=20, seed=4)
+    again = generate(model, tokenizer, [1, 2, 3], cfg=1.5, top_k=20, seed=4)
+    fast = generate(model, tokenizer, [1, 2, 3], SamplingSettings(cfg=1.5, top_k=20, inverse_cdf=True), seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(exact.token_maps, again.token_maps))
+    assert any(not torch.equal(a, b) for a, b in zip(exact.token_maps, fast.token_maps))
+    assert [m.shape for m in fast.token_maps] == [m.shape for m in exact.token_maps]
+    assert fast.images.shape == exact.images.shape
 
 
 def test_sampling_settings_are_validated():

@@ -55,11 +55,24 @@ OPTIONS = (
     Option("int8 + NHWC + guidance to 5", {"guidance_scales": 5}, {"quantize": "int8", "channels_last": True}),
     Option("int8 + NHWC + guidance to 4", {"guidance_scales": 4}, {"quantize": "int8", "channels_last": True}),
     Option("compiled step", prepare={"compile": True, "channels_last": False}),
+    Option("inverse-CDF draw", {"inverse_cdf": True}),
+    Option("int8 + NHWC + inverse-CDF", {"inverse_cdf": True}, {"quantize": "int8", "channels_last": True}),
+    Option(
+        "int8 + NHWC + inverse-CDF + guidance to 5",
+        {"inverse_cdf": True, "guidance_scales": 5},
+        {"quantize": "int8", "channels_last": True},
+    ),  # fmt: skip
     Option("refiner from scale 5", {"handover_scale": 5}, refiner=True),
     Option("refiner from scale 4", {"handover_scale": 4}, refiner=True),
     Option(
         "int8 + NHWC + refiner from scale 5",
         {"handover_scale": 5},
+        {"quantize": "int8", "channels_last": True},
+        refiner=True,
+    ),  # fmt: skip
+    Option(
+        "int8 + NHWC + inverse-CDF + refiner from scale 5",
+        {"inverse_cdf": True, "handover_scale": 5},
         {"quantize": "int8", "channels_last": True},
         refiner=True,
     ),  # fmt: skip

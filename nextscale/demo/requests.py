@@ -131,7 +131,9 @@ def _class_id(model: DemoModel, value, name: str) -> int:
         raise DemoRequestError(f"{name}: {err}") from None
 
 
-_SETTINGS_FIELDS = ("cfg", "top_k", "top_p", "more_smooth", "prune_ratio", "prune_scales", "guidance_scales")
+_SETTINGS_FIELDS = (
+    "cfg", "top_k", "top_p", "more_smooth", "prune_ratio", "prune_scales", "guidance_scales", "inverse_cdf",
+)  # fmt: skip
 
 
 def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales: int) -> SamplingSettings:
@@ -144,6 +146,7 @@ def _settings(body: dict, base: SamplingSettings, limits: DemoLimits, num_scales
         prune_ratio=_number(body, "prune_ratio", 0.0, limits.max_prune_ratio, base.prune_ratio),
         prune_scales=_integer(body, "prune_scales", 1, num_scales, min(base.prune_scales, num_scales)),
         guidance_scales=_integer(body, "guidance_scales", 0, num_scales, min(base.guidance_scales, num_scales)),
+        inverse_cdf=_boolean(body, "inverse_cdf", base.inverse_cdf),
     )
     try:
         return replace(base, **changes)

@@ -192,7 +192,8 @@ class VAR(nn.Module):
 
     def step_hidden(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, cache: list[LayerCache]) -> torch.Tensor:
         """`step` up to the last block's output (B, l, C), before the head."""
-        cond = self.condition(cond_BD)
+        modulated = bool(cache) and all(layer_cache.modulation is not None for layer_cache in cache)
+        cond = cond_BD if modulated else self.condition(cond_BD)  # the blocks read their cached modulation instead
         for block, layer_cache in zip(self.blocks, cache):
             if self.config.adaln:
                 x_BlC = block(x_BlC, cond, None, layer_cache)

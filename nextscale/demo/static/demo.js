@@ -95,6 +95,7 @@ function settingsOf(prefix) {
     prune_ratio: numberValue(`${prefix}-prune-ratio`),
     prune_scales: numberValue(`${prefix}-prune-scales`),
     guidance_scales: numberValue(`${prefix}-guidance-scales`),
+    inverse_cdf: $(`${prefix}-inverse-cdf`).checked,
     previews: $(`${prefix}-previews`).checked,
   };
 }
@@ -109,6 +110,7 @@ function fillSettings(prefix, defaults) {
   $(`${prefix}-prune-scales`).max = String(state.info.scales.length);
   $(`${prefix}-guidance-scales`).value = Math.min(defaults.guidance_scales, state.info.scales.length);
   $(`${prefix}-guidance-scales`).max = String(state.info.scales.length);
+  $(`${prefix}-inverse-cdf`).checked = defaults.inverse_cdf;
   $(`${prefix}-seed-random`).addEventListener("click", () => {
     $(`${prefix}-seed`).value = Math.floor(Math.random() * 2 ** 32);
   });
