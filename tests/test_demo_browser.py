@@ -22,12 +22,12 @@ pytest.importorskip("uvicorn", reason="the demo extra is not installed (pip inst
 pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
 
 from conftest import debug_pair  # noqa: E402
+from demo_support import save_debug_model  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from test_demo_api import save_debug_model  # noqa: E402
 
 import nextscale  # noqa: E402
 from nextscale.demo.model import ModelSource  # noqa: E402
