@@ -94,6 +94,8 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     for option in recorded["options"].values():
         assert option["speed"]["images_per_s_batch100"] > 0 and option["speed"]["latency_ms_batch1"] > 0
     assert recorded["decoder_seconds_batch100"] > 0 and recorded["decoder_nhwc_seconds_batch100"] > 0
+    assert set(recorded["draw_seconds"]) == {"batch1", "batch100"}  # the token draws alone, both ways
+    assert all(seconds > 0 for draws in recorded["draw_seconds"].values() for seconds in draws.values())
     assert recorded["machine"]["threads"] >= 1
 
 

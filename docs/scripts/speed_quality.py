@@ -168,6 +168,8 @@ def measure_speed(args, data: dict) -> None:
         nhwc = pipes["NHWC decoder"].tokenizer
         decoders = {"NCHW": lambda: exact.tokenizer.decode_fhat(f_hat), "NHWC": lambda: nhwc.decode_fhat(f_hat)}
         decode_seconds = {layout: min(t) for layout, t in interleaved_times(decoders, args.repeats).items()}
+        data["draw_seconds"] = {"batch1": time_draws(exact, 1, args.repeats),
+                                "batch100": time_draws(exact, args.batch, args.repeats)}  # fmt: skip
     for option in options:
         entry(data, option, args.refiner_label)["speed"] = timings[option.name]
     data["decoder_seconds_batch100"] = decode_seconds["NCHW"]
@@ -178,6 +180,28 @@ def measure_speed(args, data: dict) -> None:
     for option in options:
         t = timings[option.name]
         print(f"{option.name:32s} {t['images_per_s_batch100']:7.1f} images/s  {t['latency_ms_batch1']:7.1f} ms")
+
+
+def time_draws(pipe, batch: int, repeats: int) -> dict[str, float]:
+    """Seconds of the token draws alone for one batch (every scale, the pipeline's top-k / top-p, logits of the model's
+    vocabulary drawn at random once): the official multinomial against the inverse-CDF draw, interleaved, best
+    round."""
+    import torch
+
+    from nextscale.sampling import sample_inverse_cdf, sample_top_k_top_p
+    from nextscale.timing import interleaved_times
+
+    settings, vocabulary = pipe.settings, pipe.tokenizer.token_space.vocab_size
+    generator = torch.Generator().manual_seed(0)
+    logits = [
+        torch.randn(batch, side * side, vocabulary, generator=generator) * 3 for side in pipe.model.schedule.patch_nums
+    ]
+
+    def draw(sampler):
+        return lambda: [sampler(x.clone(), settings.top_k, settings.top_p, generator) for x in logits]
+
+    draws = {"multinomial": draw(sample_top_k_top_p), "inverse_cdf": draw(sample_inverse_cdf)}
+    return {name: min(times) for name, times in interleaved_times(draws, repeats).items()}
 
 
 def _cpu_name() -> str:
@@ -256,6 +280,9 @@ def table(data: dict) -> str:
     if best is not None and exact is not None and "decoder_nhwc_seconds_batch100" in data:
         lines.append("")
         lines.append(time_split(data, exact, best))
+    if exact is not None and "draw_seconds" in data:
+        lines.append("")
+        lines.append(draw_split(data, exact))
     if best is not None:
         lines.append("")
         lines.append(f"Fastest option of the model alone within +{100 * FID_BUDGET:.0f} % FID of the exact path: "
@@ -284,6 +311,18 @@ def time_split(data: dict, exact: dict, best: dict) -> str:
     return (f"Batch of 100, exact path → {best['name']}: transformer and sampler {rest0:.2f} s → {rest1:.2f} s "
             f"({rest0 / rest1:.2f}×), decoder {decoder0:.2f} s → {decoder1:.2f} s "
             f"({decoder0 / decoder1:.2f}×).")  # fmt: skip
+
+
+def draw_split(data: dict, exact: dict) -> str:
+    """What the token draw alone costs, per batch of 100 and per image at batch 1, against the exact path's time."""
+    parts = []
+    for key, total, unit, scale in (("batch100", 100 / exact["speed"]["images_per_s_batch100"], "s", 1),
+                                    ("batch1", exact["speed"]["latency_ms_batch1"] / 1000, "ms", 1000)):  # fmt: skip
+        multinomial, inverse = data["draw_seconds"][key]["multinomial"], data["draw_seconds"][key]["inverse_cdf"]
+        parts.append(f"{'a batch of 100' if key == 'batch100' else 'one image at batch 1'}: multinomial "
+                     f"{scale * multinomial:.3g} {unit} ({100 * multinomial / total:.0f} % of the exact path's time), "
+                     f"inverse-CDF {scale * inverse:.3g} {unit} ({multinomial / inverse:.1f}× less)")  # fmt: skip
+    return "The token draw alone (every scale, the preset's top-k, random logits), " + "; ".join(parts) + "."
 
 
 def plot(data: dict, path: Path) -> Path:
