@@ -151,11 +151,10 @@ def inference_flops_per_image(config: VARConfig, token_space, *, classifier_free
 
     Each scale k runs once: its lₖ tokens through every block, attending the cached keys of scales ≤ k, then the
     head. With `classifier_free_guidance` every image is two rows (class and null class); the token embedding of
-    the next scale's input is computed once per image and then repeated, the blocks' AdaLN modulation once per row
-    (cached), the head's AdaLN (and the shared AdaLN Linear with `shared_adaln`) at every scale; none of them
-    without `adaln`. At the first scale the guidance weight is 0, so the head runs on the class rows only. Not
-    counted: the
-    tokenizer's work (f̂ updates, decoding) and top-k/top-p sampling."""
+    the next scale's input is computed once per image and then repeated, the blocks' AdaLN modulation (or the shared
+    AdaLN Linear with `shared_adaln`) once per row, at the first scale (then cached), the head's AdaLN at every scale;
+    none of them without `adaln`. At the first scale the guidance weight is 0, so the head runs on the class rows
+    only. Not counted: the tokenizer's work (f̂ updates, decoding) and top-k/top-p sampling."""
     schedule = token_space.schedule
     rows = 2 if classifier_free_guidance else 1
     C, depth, Cv, V = config.width, config.depth, token_space.latent_channels, token_space.vocab_size
@@ -164,16 +163,14 @@ def inference_flops_per_image(config: VARConfig, token_space, *, classifier_free
     for k in range(schedule.num_scales):
         length, keys = schedule.lengths[k], schedule.offsets[k + 1]
         step = length * per_token + depth * 2 * 2 * C * length * keys
-        if config.shared_adaln:
-            step += 2 * C * 6 * C
         head = length * 2 * C * V + (2 * C * 2 * C if config.adaln else 0)
         # the first scale's guidance weight is 0: its unconditional rows fill the cache but skip the head
         head_rows = 1 if k == 0 and schedule.num_scales > 1 else rows
         total += rows * step + head_rows * head
         if k > 0:
             total += 2 * length * Cv * C  # this scale's input tokens, embedded once per image
-    if config.adaln and not config.shared_adaln:
-        total += rows * depth * 2 * C * 6 * C
+    if config.adaln:
+        total += rows * (1 if config.shared_adaln else depth) * 2 * C * 6 * C
     return total
 
 
