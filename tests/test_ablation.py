@@ -16,7 +16,7 @@ from conftest import DOCS, load_docs_script
 from nextscale import cli, save_pretrained
 from nextscale.data.build import DataConfig
 from nextscale.experiments.ablation_config import CURVE_ROWS, MODELS, ROWS, AblationConfig, model_overrides
-from nextscale.experiments.ablation_report import markdown_table, summarize
+from nextscale.experiments.ablation_report import curve_slopes, markdown_table, summarize
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR
@@ -89,6 +89,24 @@ def test_a_step_counts_as_a_gain_only_beyond_the_seed_spread():
         np.std(fids["AR"], ddof=1)
     )
     assert "10.05 ± 0.34" in markdown_table(data)
+
+
+def test_curve_slopes_fit_the_last_three_points_per_doubling_averaged_over_seeds():
+    """FID = 12 − 0.5·log₂(images / 24,000) for seed 0 and 0.2 higher for seed 1; the loss halves its excess per
+    doubling. The first point lies off the line and is left out; the slopes are exact."""
+    images = [24_000, 48_000, 72_000, 96_000, 120_000]
+    curves = []
+    for seed, offset in ((0, 0.0), (1, 0.2)):
+        for n in images:
+            doublings = math.log2(n / 24_000)
+            fid = 12 - 0.5 * doublings + offset + (3.0 if n == 24_000 else 0.0)
+            curves.append({"row": CURVE_ROWS[0], "train_seed": seed, "train_images": n, "fid": fid,
+                           "test_loss": 2.0 - 0.1 * doublings})  # fmt: skip
+    slopes = curve_slopes({"curves": curves})
+    assert list(slopes) == [CURVE_ROWS[0]]  # rows without curve points are left out
+    row = slopes[CURVE_ROWS[0]]
+    assert row["fid_per_doubling"] == pytest.approx(-0.5) and row["test_loss_per_doubling"] == pytest.approx(-0.1)
+    assert row["fid"] == pytest.approx(12 - 0.5 * math.log2(5) + 0.1)
 
 
 def test_a_missing_recorded_file_is_refused_before_anything_trains(tmp_path: Path):

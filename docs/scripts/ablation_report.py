@@ -37,9 +37,11 @@ def verdicts(data: dict) -> str:
 
 
 def slopes(data: dict) -> str:
-    lines = ["| row | FID at the end | FID change per doubling of images, last two points |", "|---|---|---|"]
-    for name, (final, slope) in curve_slopes(data).items():
-        lines.append(f"| {name} | {final:.2f} | {slope:+.2f} |")
+    lines = ["| row | FID at the end | FID per doubling of images | test loss at the end | test loss per doubling |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for name, row in curve_slopes(data).items():
+        lines.append(f"| {name} | {row['fid']:.2f} | {row['fid_per_doubling']:+.2f} | {row['test_loss']:.3f} | "
+                     f"{row['test_loss_per_doubling']:+.3f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
