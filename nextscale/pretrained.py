@@ -35,8 +35,9 @@ from nextscale.tokenizer.tokenizer import Tokenizer, TokenizerConfig
 from nextscale.weights import CheckpointError, load_strict, read_safetensors, require_finite, write_safetensors
 
 FORMAT_VERSION = 2
-# models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist
-SHIPPED_MODELS = {"fmnist": "assets/fmnist"}
+# models that ship inside the package, by name: from_pretrained("fmnist"), nextscale sample --model fmnist; fmnist-tiny
+# (1.31M parameters, on the same tokenizer) is fmnist's refiner for collaborative decoding: --refiner fmnist-tiny
+SHIPPED_MODELS = {"fmnist": "assets/fmnist", "fmnist-tiny": "assets/fmnist-tiny"}
 META_FILE = "nextscale.json"
 SAMPLING_KEY = "sampling"  # nextscale.json: the model's default SamplingSettings
 FAST_KEY = "fast"  # nextscale.json: the model's measured fast recipe (see `recorded_fast`)

@@ -174,7 +174,7 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--refiner",
         help="a second model directory on the same tokenizer that draws the scales from --handover-scale on "
-        "(collaborative decoding: the --model drafts the small scales)",
+        "(collaborative decoding: the --model drafts the small scales), or 'fmnist-tiny' (shipped: fmnist's refiner)",
     )
     group.add_argument("--device", help=DEVICE_HELP)
     group.add_argument("--bf16", action="store_true", help="run the transformer and decoder under bf16 autocast")
