@@ -1,5 +1,6 @@
-"""docs/scripts/speed_quality.py: the frontier table comes from docs/data/speed_quality.json alone, the fast choice
-respects its FID budget, and the speed phase times every option on a real (tiny) model."""
+"""The speed–quality frontier (nextscale.experiments.speed_quality, docs/scripts/speed_quality.py): the table comes from
+docs/data/speed_quality.json alone, the fast choice respects its FID budget, and the speed phase times every option on
+a real (tiny) model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from conftest import DOCS, load_docs_script
 
 from nextscale import save_pretrained
+from nextscale.experiments.speed_quality import OPTIONS, fastest_within_budget, summarized
 from nextscale.model.config import var_preset
 from nextscale.model.var import VAR
 from nextscale.tokenizer.tokenizer import Tokenizer, tokenizer_preset
@@ -32,17 +34,16 @@ def _data() -> dict:
 
 
 def test_the_fast_choice_is_the_fastest_option_within_the_fid_budget(tmp_path: Path):
-    script = load_docs_script("speed_quality")
-    rows = {r["name"]: r for r in script.summarized(_data())}
+    rows = {r["name"]: r for r in summarized(_data())}
     assert rows["exact"]["fid"] == pytest.approx(2.1) and rows["exact"]["fid_sd"] == pytest.approx(0.1)
     assert rows["a little faster"]["speedup_batch100"] == pytest.approx(1.25)
     assert rows["much faster"]["speedup_batch1"] == pytest.approx(50 / 30)
-    assert script.fastest_within_budget(list(rows.values()))["name"] == "a little faster"
+    assert fastest_within_budget(list(rows.values()))["name"] == "a little faster"
     with_refiner = _data()
     with_refiner["options"]["with a refiner"] = {**with_refiner["options"]["a little faster"], "refiner": "small"}
     with_refiner["options"]["with a refiner"]["speed"] = {"images_per_s_batch100": 80.0, "latency_ms_batch1": 20.0}
-    rows = script.summarized(with_refiner)
-    assert script.fastest_within_budget(rows)["name"] == "a little faster"  # a recipe is one model's: not chosen
+    rows = summarized(with_refiner)
+    assert fastest_within_budget(rows)["name"] == "a little faster"  # a recipe is one model's: not chosen
 
 
 def test_the_report_rewrites_the_marked_table_and_checks_it(tmp_path: Path):
@@ -81,10 +82,10 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
     argv = ["speed", "--model", str(directory), "--data", str(data), "--repeats", "1", "--batch", "4"]
     assert script.main(argv) == 0
     recorded = json.loads(data.read_text())
-    assert set(recorded["options"]) == {option.name for option in script.OPTIONS if not option.refiner}
+    assert set(recorded["options"]) == {option.name for option in OPTIONS if not option.refiner}
     assert script.main([*argv, "--refiner", str(refiner)]) == 0
     recorded = json.loads(data.read_text())
-    assert set(recorded["options"]) == {option.name for option in script.OPTIONS}
+    assert set(recorded["options"]) == {option.name for option in OPTIONS}
     assert recorded["options"]["refiner from scale 4"]["refiner"].startswith("refiner (0.")  # name, M parameters
     other = save_pretrained(
         tmp_path / "other", tokenizer, VAR(var_preset("debug", num_classes=10), tokenizer.token_space)

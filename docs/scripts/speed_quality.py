@@ -4,8 +4,8 @@
     python docs/scripts/speed_quality.py speed [--repeats 5]     # interleaved timings: run it on an idle machine
     python docs/scripts/speed_quality.py report [--check] [--record-fast nextscale/assets/fmnist]   # table, figure
 
-Every option is a change to the model's own sampling settings (its recorded preset: the exact path) or to how the
-models are prepared (`nextscale.inference.prepare_for_inference`). `quality` draws a class-balanced set of 2,000
+The options, their summary against the exact path and the fast choice are `nextscale.experiments.speed_quality`;
+the table and the figure `nextscale.experiments.speed_quality_report`. `quality` draws a class-balanced set of 2,000
 samples per option and sampling seed and scores it against the 10,000 test images (FID, IS, precision, recall, class
 accuracy with the shipped classifier's features); `speed` times every option against the exact path in interleaved
 rounds (latency of one image at batch 1, images/s at batch 100, decode included; best round of `--repeats`) and the
@@ -22,61 +22,16 @@ import argparse
 import json
 import platform
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
+
+from nextscale.experiments.speed_quality import OPTIONS, QUALITY_KEYS, Option, fast_recipe, summarized
+from nextscale.experiments.speed_quality_report import plot, table
 
 DOCS = Path(__file__).resolve().parents[1]
 DATA = DOCS / "data" / "speed_quality.json"
 DOCUMENT = DOCS / "performance.md"
 FIGURE = DOCS / "speed_quality.png"
-QUALITY_KEYS = ("fid", "inception_score", "precision", "recall", "class_accuracy")
-FID_BUDGET = 0.10  # the fast preset may cost at most this fraction of the exact path's FID
-
-
-@dataclass(frozen=True)
-class Option:
-    name: str
-    settings: dict = field(default_factory=dict)  # SamplingSettings fields changed from the model's preset
-    prepare: dict = field(default_factory=dict)  # prepare_for_inference keywords (none: the model as loaded)
-    refiner: bool = False  # collaborative decoding with the --refiner model (settings: its handover scale)
-
-
-OPTIONS = (
-    Option("exact"),
-    Option("guidance to scale 5", {"guidance_scales": 5}),
-    Option("guidance to scale 4", {"guidance_scales": 4}),
-    Option("guidance to scale 3", {"guidance_scales": 3}),
-    Option("prune 25 %", {"prune_ratio": 0.25}),
-    Option("prune 50 %", {"prune_ratio": 0.5}),
-    Option("guidance to 4 + prune 25 %", {"guidance_scales": 4, "prune_ratio": 0.25}),
-    Option("NHWC decoder", prepare={"channels_last": True}),
-    Option("int8", prepare={"quantize": "int8", "channels_last": False}),
-    Option("int8 + NHWC", prepare={"quantize": "int8", "channels_last": True}),
-    Option("int8 + NHWC + guidance to 5", {"guidance_scales": 5}, {"quantize": "int8", "channels_last": True}),
-    Option("int8 + NHWC + guidance to 4", {"guidance_scales": 4}, {"quantize": "int8", "channels_last": True}),
-    Option("compiled step", prepare={"compile": True, "channels_last": False}),
-    Option("inverse-CDF draw", {"inverse_cdf": True}),
-    Option("int8 + NHWC + inverse-CDF", {"inverse_cdf": True}, {"quantize": "int8", "channels_last": True}),
-    Option(
-        "int8 + NHWC + inverse-CDF + guidance to 5",
-        {"inverse_cdf": True, "guidance_scales": 5},
-        {"quantize": "int8", "channels_last": True},
-    ),  # fmt: skip
-    Option("refiner from scale 5", {"handover_scale": 5}, refiner=True),
-    Option("refiner from scale 4", {"handover_scale": 4}, refiner=True),
-    Option(
-        "int8 + NHWC + refiner from scale 5",
-        {"handover_scale": 5},
-        {"quantize": "int8", "channels_last": True},
-        refiner=True,
-    ),  # fmt: skip
-    Option(
-        "int8 + NHWC + inverse-CDF + refiner from scale 5",
-        {"inverse_cdf": True, "handover_scale": 5},
-        {"quantize": "int8", "channels_last": True},
-        refiner=True,
-    ),  # fmt: skip
-)
 
 
 def active_options(args) -> tuple[Option, ...]:
@@ -215,154 +170,6 @@ def _cpu_name() -> str:
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
-
-
-def summarized(data: dict) -> list[dict]:
-    """Per option with scores: mean and sd of every quality figure, its speed and both relative to the exact path."""
-    import numpy as np
-
-    order = {option.name: i for i, option in enumerate(OPTIONS)}
-    rows = []
-    for name, record in sorted(data["options"].items(), key=lambda item: order.get(item[0], len(order))):
-        if not record["quality"]:
-            continue
-        row = {"name": name, "settings": record["settings"], "prepare": record["prepare"], "speed": record.get("speed"),
-               "refiner": record.get("refiner")}  # fmt: skip
-        row["seeds"] = len(record["quality"])
-        for key in QUALITY_KEYS:
-            values = np.array([q[key] for q in record["quality"]], dtype=float)
-            row[key], row[key + "_sd"] = float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-        rows.append(row)
-    exact = next((r for r in rows if r["name"] == "exact"), None)
-    for row in rows:
-        if exact is None:
-            continue
-        row["fid_change"] = row["fid"] / exact["fid"] - 1
-        exact_fid = {q["sample_seed"]: q["fid"] for q in data["options"]["exact"]["quality"]}
-        paired = [q["fid"] / exact_fid[q["sample_seed"]] - 1 for q in data["options"][row["name"]]["quality"]
-                  if q["sample_seed"] in exact_fid]  # fmt: skip
-        row["fid_change_sd"] = float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0
-        if row["speed"] and exact["speed"]:
-            mine, base = row["speed"], exact["speed"]
-            row["speedup_batch100"] = mine["images_per_s_batch100"] / base["images_per_s_batch100"]
-            row["speedup_batch1"] = base["latency_ms_batch1"] / mine["latency_ms_batch1"]
-    return rows
-
-
-def fastest_within_budget(rows: list[dict]) -> dict | None:
-    """The option with the most images/s at batch 100 whose mean FID is within FID_BUDGET of the exact path's, among
-    those of the model alone (a recipe is a change of one model's settings: options with a refiner are not chosen)."""
-    allowed = [r for r in rows if "speedup_batch100" in r and r["fid_change"] <= FID_BUDGET and not r["refiner"]]
-    return max(allowed, key=lambda r: r["speedup_batch100"], default=None)
-
-
-def table(data: dict) -> str:
-    rows = summarized(data)
-    lines = ["| option | images/s, batch 100 | × exact | ms / image, batch 1 | × exact | FID (mean ± sd) | "
-             "FID vs exact (± sd of the per-seed change) | class acc. | recall | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        speed = r["speed"]
-        timing = "— | — | — | —"
-        if speed:
-            timing = (f"{speed['images_per_s_batch100']:.1f} | {r.get('speedup_batch100', 1):.2f}× | "
-                      f"{speed['latency_ms_batch1']:.1f} | {r.get('speedup_batch1', 1):.2f}×")  # fmt: skip
-        lines.append(f"| {r['name']} | {timing} | {r['fid']:.2f} ± {r['fid_sd']:.2f} | "
-                     f"{100 * r.get('fid_change', 0):+.1f} ± {100 * r.get('fid_change_sd', 0):.1f} % | "
-                     f"{100 * r['class_accuracy']:.1f} % | {r['recall']:.3f} | {r['seeds']} |")  # fmt: skip
-    refiners = sorted({r["refiner"] for r in rows if r["refiner"]})
-    if refiners:
-        lines.append("")
-        lines.append(f"Refiner of the collaborative-decoding rows: {', '.join(refiners)} (the model drafts the scales "
-                     f"before the handover, the refiner draws the rest).")  # fmt: skip
-    best = fastest_within_budget(rows)
-    exact = next((r for r in rows if r["name"] == "exact" and r["speed"]), None)
-    if best is not None and exact is not None and "decoder_nhwc_seconds_batch100" in data:
-        lines.append("")
-        lines.append(time_split(data, exact, best))
-    if exact is not None and "draw_seconds" in data:
-        lines.append("")
-        lines.append(draw_split(data, exact))
-    if best is not None:
-        lines.append("")
-        lines.append(f"Fastest option of the model alone within +{100 * FID_BUDGET:.0f} % FID of the exact path: "
-                     f"**{best['name']}** "
-                     f"({best['speedup_batch100']:.2f}× at batch 100, {best['speedup_batch1']:.2f}× at batch 1, "
-                     f"FID {100 * best['fid_change']:+.1f} ± {100 * best['fid_change_sd']:.1f} %).")  # fmt: skip
-        if best["fid_change"] + best["fid_change_sd"] > FID_BUDGET:
-            lines.append(f"It is within the budget by its mean only: one sd of its per-seed FID change reaches past "
-                         f"+{100 * FID_BUDGET:.0f} %, so with {best['seeds']} seeds it is at the edge of the budget, "
-                         f"not safely inside it.")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def time_split(data: dict, exact: dict, best: dict) -> str:
-    """Where a batch of 100 spends its time on the exact path and on the fastest option: the decoder alone (timed
-    separately, in the option's layout) and the rest (the transformer, the sampler and the f̂ updates)."""
-
-    def split(row: dict) -> tuple[float, float]:
-        total = 100 / row["speed"]["images_per_s_batch100"]
-        decoder = data[
-            "decoder_nhwc_seconds_batch100" if row["prepare"].get("channels_last") else "decoder_seconds_batch100"
-        ]
-        return total - decoder, decoder
-
-    (rest0, decoder0), (rest1, decoder1) = split(exact), split(best)
-    return (f"Batch of 100, exact path → {best['name']}: transformer and sampler {rest0:.2f} s → {rest1:.2f} s "
-            f"({rest0 / rest1:.2f}×), decoder {decoder0:.2f} s → {decoder1:.2f} s "
-            f"({decoder0 / decoder1:.2f}×).")  # fmt: skip
-
-
-def draw_split(data: dict, exact: dict) -> str:
-    """What the token draw alone costs, per batch of 100 and per image at batch 1, against the exact path's time."""
-    parts = []
-    for key, total, unit, scale in (("batch100", 100 / exact["speed"]["images_per_s_batch100"], "s", 1),
-                                    ("batch1", exact["speed"]["latency_ms_batch1"] / 1000, "ms", 1000)):  # fmt: skip
-        multinomial, inverse = data["draw_seconds"][key]["multinomial"], data["draw_seconds"][key]["inverse_cdf"]
-        parts.append(f"{'a batch of 100' if key == 'batch100' else 'one image at batch 1'}: multinomial "
-                     f"{scale * multinomial:.3g} {unit} ({100 * multinomial / total:.0f} % of the exact path's time), "
-                     f"inverse-CDF {scale * inverse:.3g} {unit} ({multinomial / inverse:.1f}× less)")  # fmt: skip
-    return "The token draw alone (every scale, the preset's top-k, random logits), " + "; ".join(parts) + "."
-
-
-def plot(data: dict, path: Path) -> Path:
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = [r for r in summarized(data) if r["speed"]]
-    figure = Figure(figsize=(13, 4.6))
-    FigureCanvasAgg(figure)
-    colors = matplotlib.colormaps["tab20"]
-    axes = figure.subplots(1, 2)
-    for ax, key, label in zip(axes, ("images_per_s_batch100", "latency_ms_batch1"),
-                              ("images/s at batch 100", "images/s at batch 1 (1000 / latency in ms)")):  # fmt: skip
-        for i, r in enumerate(rows):
-            speed = r["speed"][key] if key.startswith("images") else 1000 / r["speed"][key]
-            exact = r["name"] == "exact"
-            ax.errorbar(speed, r["fid"], yerr=r["fid_sd"], fmt="*" if exact else "o", ms=13 if exact else 7,
-                        color="black" if exact else colors(i % 20), capsize=3, label=r["name"])  # fmt: skip
-        budget = next(r["fid"] for r in rows if r["name"] == "exact") * (1 + FID_BUDGET)
-        ax.axhline(budget, color="tab:red", linestyle="--", linewidth=1, label=f"exact +{100 * FID_BUDGET:.0f} % FID")
-        ax.set_xlabel(label)
-        ax.set_ylabel("FID (2,000 samples; mean ± sd over seeds)")
-        ax.grid(True, alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0, 0.8, 1))
-    figure.savefig(path, dpi=110)
-    return path
-
-
-def fast_recipe(data: dict) -> dict | None:
-    """The model's "fast" record (nextscale.json): the fastest option within the FID budget, with what it measured."""
-    best = fastest_within_budget(summarized(data))
-    if best is None:
-        return None
-    return {"sampling": best["settings"], "quantize": best["prepare"].get("quantize"),
-            "measured": {"option": best["name"], "speedup_batch100": round(best["speedup_batch100"], 3),
-                         "speedup_batch1": round(best["speedup_batch1"], 3), "fid_change": round(best["fid_change"], 4),
-                         "fid_budget": FID_BUDGET, "source": "docs/data/speed_quality.json"}}  # fmt: skip
 
 
 def report(args, data: dict) -> int:
