@@ -257,8 +257,9 @@ def recorded_sampling(directory: str | os.PathLike):
 
 def recorded_fast(directory: str | os.PathLike) -> dict | None:
     """The fast recipe a model directory records (`"fast"` in nextscale.json, chosen from a measured speed–quality
-    frontier: `nextscale.experiments.speed_quality.fast_recipe`), or None: {"sampling": SamplingSettings fields that change the model's
-    default settings, "quantize": "int8" or None (applied on CPUs in fp32 only), and what was measured}."""
+    frontier: `nextscale.experiments.speed_quality.fast_recipe`), or None: {"sampling": SamplingSettings fields that
+    change the model's default settings, "quantize": "int8" or None (applied on CPUs in fp32 only), and what was
+    measured}."""
     return read_metadata(directory).get(FAST_KEY)
 
 
