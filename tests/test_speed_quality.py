@@ -106,3 +106,16 @@ def test_the_speed_phase_times_every_option_on_a_model(tmp_path: Path):
 )
 def test_docs_performance_md_frontier_is_what_its_data_gives():
     assert load_docs_script("speed_quality").main(["report", "--check"]) == 0
+
+
+def test_only_narrows_the_quality_phase_to_the_named_options():
+    from argparse import Namespace
+
+    script = load_docs_script("speed_quality")
+    named = ["exact", "int8 + NHWC + inverse-CDF + guidance to 5"]
+    chosen = script.active_options(Namespace(phase="quality", refiner=None, only=named))
+    assert [option.name for option in chosen] == named
+    everything = script.active_options(Namespace(phase="speed", refiner=None, only=named))  # speed times them all
+    assert len(everything) == len([option for option in OPTIONS if not option.refiner])
+    with pytest.raises(SystemExit, match="no option named exactt"):
+        script.active_options(Namespace(phase="quality", refiner=None, only=["exactt"]))

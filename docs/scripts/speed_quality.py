@@ -1,6 +1,6 @@
 """The speed–quality frontier of the training-free accelerations on a model (docs/performance.md, issue 20).
 
-    python docs/scripts/speed_quality.py quality [--model fmnist] [--seeds 0,1,2]   # sample sets and their scores
+    python docs/scripts/speed_quality.py quality [--model fmnist] [--seeds 0,1,2] [--only OPTION]   # scored samples
     python docs/scripts/speed_quality.py speed [--repeats 5]     # interleaved timings: run it on an idle machine
     python docs/scripts/speed_quality.py report [--check] [--record-fast nextscale/assets/fmnist]   # table, figure
 
@@ -35,8 +35,15 @@ FIGURE = DOCS / "speed_quality.png"
 
 
 def active_options(args) -> tuple[Option, ...]:
-    """The options this run can measure: those with a refiner only when --refiner names one."""
-    return tuple(option for option in OPTIONS if args.refiner or not option.refiner)
+    """The options this run can measure: those with a refiner only when --refiner names one; with --only (quality),
+    only those named."""
+    options = tuple(option for option in OPTIONS if args.refiner or not option.refiner)
+    if args.phase != "quality" or not args.only:
+        return options
+    unknown = set(args.only) - {option.name for option in OPTIONS}
+    if unknown:
+        raise SystemExit(f"--only: no option named {', '.join(sorted(unknown))}")
+    return tuple(option for option in options if option.name in args.only)
 
 
 def refiner_label(refiner: str | None) -> str | None:
@@ -201,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("phase", choices=("quality", "speed", "report"))
     parser.add_argument("--model", default="fmnist", help="a model name or directory (default: the shipped fmnist)")
     parser.add_argument("--seeds", default="0,1,2", help="sampling seeds of the quality sets")
+    parser.add_argument("--only", action="append", metavar="OPTION",
+                        help="quality: only this option (repeatable: more seeds where a budget is close)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (the best is kept)")
     parser.add_argument("--batch", type=int, default=100, help="throughput batch")
     parser.add_argument("--latency-images", type=int, default=10, help="batch-1 calls averaged per round")
