@@ -119,3 +119,12 @@ def test_only_narrows_the_quality_phase_to_the_named_options():
     assert len(everything) == len([option for option in OPTIONS if not option.refiner])
     with pytest.raises(SystemExit, match="no option named exactt"):
         script.active_options(Namespace(phase="quality", refiner=None, only=["exactt"]))
+
+
+def test_an_option_with_fewer_seeds_is_compared_with_the_exact_path_on_the_seeds_they_share():
+    data = _data()
+    data["options"]["exact"]["quality"] += _quality([9.0, 9.0, 9.0, 9.0, 9.0])[3:]  # seeds 3 and 4: far worse
+    rows = {r["name"]: r for r in summarized(data)}
+    assert rows["exact"]["seeds"] == 5 and rows["a little faster"]["seeds"] == 3
+    assert rows["a little faster"]["fid_change"] == pytest.approx(6.7 / 6.3 - 1)  # seeds 0–2 only, not 2.1 → 4.9
+    assert fastest_within_budget(list(rows.values()))["name"] == "a little faster"

@@ -13,6 +13,7 @@ figure are `speed_quality_report`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,7 +69,8 @@ OPTIONS = (
 
 
 def summarized(data: dict) -> list[dict]:
-    """Per option with scores: mean and sd of every quality figure, its speed and both relative to the exact path."""
+    """Per option with scores: mean and sd of every quality figure over its seeds, its speed, and both relative to the
+    exact path (the FID change on the sampling seeds the two share)."""
     order = {option.name: i for i, option in enumerate(OPTIONS)}
     rows = []
     for name, record in sorted(data["options"].items(), key=lambda item: order.get(item[0], len(order))):
@@ -85,11 +87,14 @@ def summarized(data: dict) -> list[dict]:
     for row in rows:
         if exact is None:
             continue
-        row["fid_change"] = row["fid"] / exact["fid"] - 1
+        # against the exact path on the same sampling seeds (an option may have fewer seeds than the exact path)
         exact_fid = {q["sample_seed"]: q["fid"] for q in data["options"]["exact"]["quality"]}
-        paired = [q["fid"] / exact_fid[q["sample_seed"]] - 1 for q in data["options"][row["name"]]["quality"]
-                  if q["sample_seed"] in exact_fid]  # fmt: skip
-        row["fid_change_sd"] = float(np.std(paired, ddof=1)) if len(paired) > 1 else 0.0
+        pairs = [(q["fid"], exact_fid[q["sample_seed"]]) for q in data["options"][row["name"]]["quality"]
+                 if q["sample_seed"] in exact_fid]  # fmt: skip
+        mine, base = np.array(pairs, dtype=float).reshape(-1, 2).T
+        row["fid_change"] = float(mine.mean() / base.mean() - 1) if pairs else math.nan
+        changes = mine / base - 1
+        row["fid_change_sd"] = float(changes.std(ddof=1)) if len(pairs) > 1 else 0.0
         if row["speed"] and exact["speed"]:
             mine, base = row["speed"], exact["speed"]
             row["speedup_batch100"] = mine["images_per_s_batch100"] / base["images_per_s_batch100"]
