@@ -16,7 +16,7 @@ from conftest import DOCS, load_docs_script
 from nextscale import cli, save_pretrained
 from nextscale.data.build import DataConfig
 from nextscale.experiments.ablation_config import CURVE_ROWS, MODELS, ROWS, AblationConfig, model_overrides
-from nextscale.experiments.ablation_report import curve_slopes, markdown_table, summarize
+from nextscale.experiments.ablation_report import crossover, curve_slopes, markdown_table, summarize
 from nextscale.model.config import var_preset
 from nextscale.model.raster import RasterTransformer, raster_preset
 from nextscale.model.var import VAR
@@ -176,6 +176,23 @@ def test_a_tiny_ablation_records_every_seed_curve_point_and_cost_and_resumes(tmp
     with pytest.raises(SystemExit):
         cli.main(other_budget)  # records made with other settings are not mixed in
     assert "made with other settings (images)" in capsys.readouterr().err
+
+
+def test_the_crossover_compares_at_equal_images_or_flops_and_only_inside_the_baselines_range():
+    """AR: FID 12 → 8 over 1 → 4 PFLOPs (straight in log PFLOPs); VAR at 0.5, 2, 4 and 8 PFLOPs with FID 15, 11, 7, 6:
+    above AR (10) at 2 PFLOPs, below it (8) at 4; the points at 0.5 and 8 lie outside AR's range."""
+    ar = [(1.0, 12.0), (4.0, 8.0)]
+    var = [(0.5, 15.0), (2.0, 11.0), (4.0, 7.0), (8.0, 6.0)]
+    curves = [{"row": "AR", "train_seed": seed, "train_pflops": x, "fid": fid + (0.5 if seed else -0.5)}
+              for x, fid in ar for seed in (0, 1)]  # fmt: skip
+    curves += [{"row": CURVE_ROWS[1], "train_seed": 0, "train_pflops": x, "fid": fid} for x, fid in var]
+    found = crossover({"curves": curves}, CURVE_ROWS[1], "train_pflops")
+    assert [(x, fid) for x, fid, _ in found["compared"]] == [(2.0, 11.0), (4.0, 7.0)]
+    assert [base for *_, base in found["compared"]] == pytest.approx([10.0, 8.0])  # AR's seed mean, interpolated
+    assert found["below_from"] == 4.0 and found["stays_below"]
+    never = [c if c["row"] == "AR" else {**c, "fid": c["fid"] + 5} for c in curves]
+    assert crossover({"curves": never}, CURVE_ROWS[1], "train_pflops")["below_from"] is None
+    assert crossover({"curves": curves[:2]}, CURVE_ROWS[1], "train_pflops") is None  # AR has one point only
 
 
 def test_the_report_script_rewrites_only_the_marked_sections_and_checks_them(tmp_path: Path):

@@ -16,7 +16,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from nextscale.experiments.ablation_report import cost_table, curve_slopes, markdown_table, plot_curves, summarize
+from nextscale.experiments.ablation_config import CURVE_ROWS
+from nextscale.experiments.ablation_report import (
+    cost_table,
+    crossover,
+    curve_slopes,
+    markdown_table,
+    plot_curves,
+    summarize,
+)
 from nextscale.marked_sections import check_document, replace_marked_sections
 
 DOCS = Path(__file__).resolve().parents[1]
@@ -45,7 +53,28 @@ def slopes(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = {"table": markdown_table, "costs": cost_table, "verdicts": verdicts, "slopes": slopes}
+def crossovers(data: dict) -> str:
+    """Where each VAR curve row overtakes AR: per training images and per training PFLOPs (AR interpolated)."""
+    lines = []
+    for name in CURVE_ROWS[1:]:
+        for x_key, axis in (("train_images", "training images"), ("train_pflops", "training PFLOPs")):
+            found = crossover(data, name, x_key)
+            if found is None:
+                continue
+            number = (lambda x: f"{x:,.0f} images") if x_key == "train_images" else (lambda x: f"{x:.3f} PFLOPs")
+            points = "; ".join(f"{number(x)} {fid:.2f} / {base:.2f}" for x, fid, base in found["compared"])
+            if found["below_from"] is None:
+                verdict = "never below AR"
+            else:
+                verdict = f"below AR from {number(found['below_from'])} on" + (
+                    "" if found["stays_below"] else ", but not at every later point"
+                )
+            lines.append(f"- {name}, per {axis}: {verdict} (FID of the row / of AR: {points})")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+SECTIONS = {"table": markdown_table, "costs": cost_table, "verdicts": verdicts, "slopes": slopes,
+            "crossovers": crossovers}  # fmt: skip
 
 
 def render(document: str, data: dict) -> str:

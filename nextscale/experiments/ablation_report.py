@@ -124,6 +124,35 @@ def curve_slopes(data: dict, points: int = 3) -> dict[str, dict[str, float]]:
     return slopes
 
 
+def mean_curve(data: dict, row: str, x_key: str, y_key: str = "fid") -> list[tuple[float, float]]:
+    """A curve row's (x, mean over training seeds of y) points, x ascending (x_key: train_images or train_pflops)."""
+    points = [c for c in data["curves"] if c["row"] == row]
+    xs = sorted({c[x_key] for c in points})
+    return [(x, mean_sd([c[y_key] for c in points if c[x_key] == x])[0]) for x in xs]
+
+
+def crossover(data: dict, row: str, x_key: str, baseline: str = "AR") -> dict | None:
+    """Where a curve row's mean FID goes below the baseline's at the same training images or PFLOPs (`x_key`).
+
+    The baseline's mean curve is interpolated linearly in log x; the row's points outside the baseline's range are
+    not compared. Returns the compared points [(x, fid, baseline fid)], the first x at which the row is below the
+    baseline ("below_from", None if never) and whether it stays below at every later compared point."""
+    import numpy as np
+
+    base = mean_curve(data, baseline, x_key)
+    if len(base) < 2:
+        return None
+    base_x, base_fid = np.log([x for x, _ in base]), [f for _, f in base]
+    compared = [(x, fid, float(np.interp(np.log(x), base_x, base_fid)))
+                for x, fid in mean_curve(data, row, x_key) if base[0][0] <= x <= base[-1][0]]  # fmt: skip
+    if not compared:
+        return None
+    below = [fid < base_fid for _, fid, base_fid in compared]
+    first = below.index(True) if any(below) else None
+    return {"compared": compared, "below_from": None if first is None else compared[first][0],
+            "stays_below": first is not None and all(below[first:])}  # fmt: skip
+
+
 def plot_curves(data: dict, path: Path) -> Path:
     """FID against training images and against training PFLOPs, and test loss against images, for the curve rows:
     a thin line per training seed, a thick one for their mean."""
@@ -141,8 +170,7 @@ def plot_curves(data: dict, path: Path) -> Path:
             for seed in sorted({c["train_seed"] for c in points}):
                 run = sorted((c for c in points if c["train_seed"] == seed), key=lambda c: c[x_key])
                 ax.plot([c[x_key] for c in run], [c[y_key] for c in run], color=colours[name], alpha=0.35, lw=1)
-            xs = sorted({c[x_key] for c in points})
-            means = [mean_sd([c[y_key] for c in points if c[x_key] == x])[0] for x in xs]
+            xs, means = zip(*mean_curve(data, name, x_key, y_key))
             ax.plot(xs, means, color=colours[name], lw=2.2, marker="o", label=name)
     for ax, x_label, y_label in ((axes[0], "training images", "FID (2,000 samples)"),
                                  (axes[1], "training PFLOPs", "FID (2,000 samples)"),
