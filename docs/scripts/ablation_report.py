@@ -90,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when the document differs")
     parser.add_argument("--curves", type=Path, default=CURVES, help="where the curves figure goes")
     args = parser.parse_args(argv)
+    if args.source is not None and not args.source.is_file():
+        parser.exit(2, f"{args.source}: no such file to import (a run's ablation.json)\n")
     if args.source is not None:
         args.data.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.source, args.data)
+    if not args.data.is_file():
+        parser.exit(2, f"{args.data}: no such records file (run the ablation, then --import its ablation.json)\n")
     data = json.loads(args.data.read_text())
     document = args.document.read_text()
     rendered = render(document, data)

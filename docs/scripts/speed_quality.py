@@ -40,10 +40,15 @@ def active_options(args) -> tuple[Option, ...]:
     options = tuple(option for option in OPTIONS if args.refiner or not option.refiner)
     if args.phase != "quality" or not args.only:
         return options
-    unknown = set(args.only) - {option.name for option in OPTIONS}
-    if unknown:
-        raise SystemExit(f"--only: no option named {', '.join(sorted(unknown))}")
+    if unknown_options(args.only):
+        raise SystemExit(unknown_options(args.only))
     return tuple(option for option in options if option.name in args.only)
+
+
+def unknown_options(names: list[str]) -> str | None:
+    """The --only error for names that are no option's, or None."""
+    unknown = sorted(set(names) - {option.name for option in OPTIONS})
+    return f"--only: no option named {', '.join(unknown)}" if unknown else None
 
 
 def refiner_label(refiner: str | None) -> str | None:
@@ -224,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         "--record-fast", help="report: write the fast recipe into this model directory's nextscale.json"
     )
     args = parser.parse_args(argv)
+    if args.only and unknown_options(args.only):
+        parser.exit(2, unknown_options(args.only) + "\n")  # one line, exit 2, as argparse's own mistakes
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.refiner_label = refiner_label(args.refiner) if args.phase != "report" else None
     data = read(args.data)
